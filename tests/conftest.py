@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny data files made in the test session, never large or downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ucrn.data.layout import write_dataset
+from ucrn.data.synthetic import synthesize
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only folder of real reference files (metric vectors, real CMU-MOSI labels)."""
+    if not (SHARED / "data" / "metric_vectors.json").exists():
+        pytest.fail(f"the reference files are missing from {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_mosi(tmp_path_factory) -> Path:
+    """Synthetic MOSI at 5 % size: 64 / 11 / 34 samples."""
+    return synthesize("mosi", tmp_path_factory.mktemp("data") / "mosi.h5", scale=0.05, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_mosei(tmp_path_factory) -> Path:
+    """Synthetic MOSEI (sentiment and six emotions) at 0.4 % size."""
+    return synthesize("mosei", tmp_path_factory.mktemp("data") / "mosei.h5", scale=0.004, seed=1)
+
+
+def small_arrays(count: int = 6, steps: int = 4, dims=(3, 2, 2), seed: int = 0) -> dict:
+    """One split's arrays in our layout, small enough to write by hand."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        m: rng.normal(size=(count, steps, d)).astype(np.float32)
+        for m, d in zip("lav", dims, strict=True)
+    }
+    arrays["labels"] = rng.uniform(-3, 3, size=count).astype(np.float32)
+    arrays["ids"] = np.array([f"video{i}[1]" for i in range(count)], dtype=object)
+    return arrays
+
+
+@pytest.fixture
+def write_small(tmp_path):
+    """Write a small file in our layout, after letting the test spoil its arrays."""
+
+    def write(spoil=None, name: str = "small.h5", **attrs) -> Path:
+        splits = {split: small_arrays(seed=i) for i, split in enumerate(("train", "valid", "test"))}
+        if spoil is not None:
+            spoil(splits)
+        return write_dataset(tmp_path / name, splits, name="small", **attrs)
+
+    return write
