@@ -1,0 +1,1 @@
+"""Data: our HDF5 layout, the synthetic default, in-memory batches and perturbations."""

@@ -1,0 +1,140 @@
+"""Batches from tensors in memory, and the perturbations of the robustness tables.
+
+Batching is tensor indexing only: one permutation per epoch, one ``index_select`` per batch
+and modality, no per-sample Python. ``shard`` gives worker ``rank`` of ``world_size`` its
+equal share of every epoch's order (as ``DistributedSampler`` does), for data parallelism.
+
+Perturbations (paper §4.4):
+- ``mask_modalities``: the features of a modality are zeroed; the model still receives it
+  (Table 4's "masking").
+- ``drop_modalities``: the modality is removed; the model receives only the others.
+- ``bernoulli_noise``: each feature value of the chosen modalities, at every valid time step,
+  independently with probability p, has Gaussian noise added whose standard deviation is that
+  feature's standard deviation over the split's valid steps: x' = x + b·σ_d·ε with
+  b ~ Bernoulli(p), ε ~ N(0, 1). Padding stays zero. Seeded, so a rerun perturbs the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+import torch
+
+from ucrn.data.layout import Split
+from ucrn.errors import UcrnError
+
+
+class Batch(NamedTuple):
+    features: dict[str, torch.Tensor]  # modality → (B, T_m, d_m)
+    lengths: dict[str, torch.Tensor | None]  # modality → (B,) or None
+    targets: torch.Tensor  # (B,) or (B, K)
+    labels: torch.Tensor  # (B, K) the raw label columns, for metrics
+
+
+def epoch_order(
+    count: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """Sample indices for one epoch; with ``world_size`` > 1, this rank's equal share."""
+    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+    if world_size > 1:
+        per_rank = -(-count // world_size)  # ceil
+        padding = per_rank * world_size - count
+        if padding:
+            order = torch.cat([order, order[:padding]])  # pad by repeating, as DDP samplers do
+        order = order[rank::world_size]
+    return order
+
+
+def iterate_batches(
+    split: Split,
+    targets: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    order: torch.Tensor | None = None,
+) -> Iterator[Batch]:
+    """Batches of ``split`` in ``order`` (all samples in file order when None)."""
+    if order is None:
+        order = torch.arange(len(split))
+    device = targets.device
+    order = order.to(device)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        yield Batch(
+            {m: x.index_select(0, index) for m, x in split.features.items()},
+            {m: (n.index_select(0, index) if n is not None else None)
+             for m, n in split.lengths.items()},
+            targets.index_select(0, index),
+            labels.index_select(0, index),
+        )
+
+
+def _check_modalities(split: Split, modalities: Iterable[str], action: str) -> list[str]:
+    modalities = list(modalities)
+    missing = [m for m in modalities if m not in split.features]
+    if missing:
+        raise UcrnError(
+            f"cannot {action} modality {','.join(missing)}: the data carries only "
+            f"{','.join(split.modalities)}"
+        )
+    return modalities
+
+
+def mask_modalities(split: Split, modalities: Iterable[str]) -> Split:
+    """A copy of ``split`` whose named modalities have all-zero features (Table 4)."""
+    masked = _check_modalities(split, modalities, "mask")
+    features = {
+        m: (torch.zeros_like(x) if m in masked else x) for m, x in split.features.items()
+    }
+    return Split(features, dict(split.lengths), split.labels, split.ids)
+
+
+def drop_modalities(split: Split, keep: Iterable[str]) -> Split:
+    """A copy of ``split`` holding only the modalities in ``keep``."""
+    keep = _check_modalities(split, keep, "keep")
+    if not keep:
+        raise UcrnError("at least one modality must remain")
+    return Split(
+        {m: x for m, x in split.features.items() if m in keep},
+        {m: n for m, n in split.lengths.items() if m in keep},
+        split.labels, split.ids,
+    )
+
+
+def valid_steps(split: Split, modality: str) -> torch.Tensor:
+    """(N, T, 1) float: 1 at valid time steps, 0 at padding."""
+    features, lengths = split.features[modality], split.lengths[modality]
+    count, steps, _ = features.shape
+    if lengths is None:
+        return features.new_ones(count, steps, 1)
+    valid = torch.arange(steps, device=features.device) < lengths.unsqueeze(1)  # (N, T)
+    return valid.unsqueeze(-1).to(features.dtype)
+
+
+def bernoulli_noise(
+    split: Split, probability: float = 0.5, modalities: Iterable[str] | None = None, seed: int = 0
+) -> Split:
+    """A copy of ``split`` with Bernoulli-gated Gaussian noise on ``modalities`` (Table 5)."""
+    if not 0.0 <= probability <= 1.0:
+        raise UcrnError(f"noise probability {probability}: must be in [0, 1]")
+    chosen = _check_modalities(
+        split, split.modalities if modalities is None else modalities, "add noise to"
+    )
+    generator = torch.Generator().manual_seed(seed)
+    features = dict(split.features)
+    for modality in chosen:
+        x = split.features[modality]  # (N, T, d)
+        valid = valid_steps(split, modality)  # (N, T, 1)
+        count = valid.sum().clamp(min=1)
+        mean = (x * valid).sum(dim=(0, 1)) / count  # (d,)
+        std = (((x - mean) * valid) ** 2).sum(dim=(0, 1)).div(count).sqrt()  # (d,)
+        present = torch.bernoulli(torch.full(x.shape, probability), generator=generator)
+        gaussian = torch.randn(x.shape, generator=generator)
+        noise = present.to(x.device) * gaussian.to(x.device) * std * valid
+        features[modality] = x + noise
+    return Split(features, dict(split.lengths), split.labels, split.ids)
