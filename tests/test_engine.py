@@ -1,0 +1,106 @@
+"""The one training loop: honest selection, determinism, early stopping, resume, tasks."""
+
+import pytest
+import torch
+
+from ucrn.config import Config, apply_overrides
+from ucrn.data.layout import load_dataset
+from ucrn.engine import evaluate, fit, load_run, save_run
+from ucrn.errors import UcrnError
+from ucrn.tasks import metric_names
+
+SMALL = {"urm_layers": 1, "crm_layers": 1, "width": 12, "batch_size": 16, "epochs": 3}
+
+
+def _config(**overrides):
+    return apply_overrides(Config(), {**SMALL, **overrides})
+
+
+@pytest.fixture(scope="module")
+def mosi(tiny_mosi):
+    return load_dataset(tiny_mosi)
+
+
+def test_same_seed_gives_identical_metrics(mosi):
+    first = fit(_config(seed=3), mosi, device="cpu")
+    second = fit(_config(seed=3), mosi, device="cpu")
+    other = fit(_config(seed=4), mosi, device="cpu")
+    assert first.history == second.history and first.test == second.test
+    assert first.history != other.history
+
+
+def test_the_test_split_is_scored_on_the_checkpoint_chosen_by_validation(mosi):
+    result = fit(_config(epochs=4), mosi, device="cpu")
+    best = result.history[result.best_epoch - 1]
+    assert result.valid["MAE"] == best["valid_MAE"]
+    assert min(h["valid_MAE"] for h in result.history) == best["valid_MAE"]
+    rescored = evaluate(result.model, mosi.split("test"), mosi, result.config, device="cpu")
+    assert rescored["MAE"] == pytest.approx(result.test["MAE"], abs=1e-6)
+
+
+def test_no_test_score_unless_asked(mosi):
+    assert fit(_config(epochs=1), mosi, device="cpu", score_test=False).test is None
+
+
+def test_training_stops_after_patience_epochs_without_improvement(mosi):
+    result = fit(_config(epochs=10, patience=1, learning_rate=1e-12), mosi, device="cpu")
+    assert result.stopped_early and result.best_epoch == 1 and result.epochs_run == 2
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_run(mosi):
+    straight = fit(_config(epochs=4), mosi, device="cpu")
+    saved = {}
+    fit(_config(epochs=2), mosi, device="cpu",
+        on_epoch=lambda result, checkpoint: saved.update(checkpoint()))
+    assert saved["progress"]["epoch"] == 2
+    resumed = fit(_config(epochs=4), mosi, device="cpu", resume=saved)
+    assert resumed.history == straight.history
+    assert resumed.test == straight.test
+
+
+def test_a_checkpoint_is_a_snapshot_not_a_live_view(mosi):
+    saved = []
+    fit(_config(epochs=2), mosi, device="cpu",
+        on_epoch=lambda result, checkpoint: saved.append(checkpoint()))
+    first, second = (s["model"] for s in saved)
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("task, metric", [("binary", "Acc_2"), ("seven_class", "Acc_7")])
+def test_classification_tasks_train_and_report_their_metrics(mosi, task, metric):
+    result = fit(_config(task=task, epochs=1), mosi, device="cpu")
+    assert set(result.test) == set(metric_names(task))
+    assert 0.0 <= result.test[metric] <= 1.0
+
+
+def test_emotions_train_on_the_six_mosei_labels(tiny_mosei):
+    dataset = load_dataset(tiny_mosei)
+    result = fit(_config(task="emotions", epochs=1), dataset, device="cpu")
+    assert set(result.test) == set(metric_names("emotions"))
+    assert 0.0 <= result.test["mean_acc"] <= 1.0
+
+
+def test_emotions_need_emotion_labels(mosi):
+    with pytest.raises(UcrnError, match="needs label columns happy"):
+        fit(_config(task="emotions"), mosi, device="cpu")
+
+
+def test_a_selection_metric_of_another_task_is_refused(mosi):
+    with pytest.raises(UcrnError, match="select_metric='mean_wa' is not a metric"):
+        fit(_config(select_metric="mean_wa"), mosi, device="cpu")
+
+
+def test_a_model_trained_on_fewer_modalities_ignores_the_others(mosi):
+    result = fit(_config(modalities="l,v", epochs=1), mosi, device="cpu")
+    assert set(result.model.urms) == {"l", "v"}
+
+
+def test_a_saved_run_loads_back_to_the_same_predictions(mosi, tmp_path):
+    result = fit(_config(epochs=1), mosi, device="cpu")
+    save_run(tmp_path / "run", result)
+    config, model = load_run(tmp_path / "run", device="cpu")
+    assert config == result.config
+    again = evaluate(model, mosi.split("test"), mosi, config, device="cpu")
+    assert again["MAE"] == pytest.approx(result.test["MAE"], abs=1e-6)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "config.json", "metrics.json", "model.pt"]

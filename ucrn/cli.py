@@ -1,0 +1,263 @@
+"""The ``ucrn`` command: ``ucrn data synth|inspect``, ``ucrn train``, ``ucrn evaluate``.
+
+A mistake a user can make ends with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ucrn import MODALITY_NAMES, __version__
+from ucrn.config import Config, apply_overrides, load_config, parse_modalities, parse_set_options
+from ucrn.errors import UcrnError
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+def _format(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.4f}"
+
+
+def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
+    """A table with one row per metric and one column per split (or condition)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    keys = list(dict.fromkeys(k for metrics in columns.values() for k in metrics))
+    for key in keys:
+        table.add_row(key, *(_format(metrics.get(key)) for metrics in columns.values()))
+    return table
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def command_synth(args: argparse.Namespace) -> None:
+    from ucrn.data.synthetic import synthesize
+
+    started = time.perf_counter()
+    with console.status(f"writing synthetic {args.preset} data to {args.output}"):
+        path = synthesize(args.preset, args.output, scale=args.scale, seed=args.seed)
+    console.print(f"wrote {path} in {time.perf_counter() - started:.1f} s")
+    _print_summary(path)
+
+
+def command_inspect(args: argparse.Namespace) -> None:
+    _print_summary(Path(args.file))
+
+
+def _print_summary(path: Path) -> None:
+    from ucrn.data.layout import describe
+
+    summary = describe(path)
+    attrs = summary["attrs"]
+    stdout.print(
+        f"[bold]{path}[/bold]: {attrs.get('name', '')} · task {attrs['task']} · modalities "
+        f"{','.join(attrs['modalities'])} · source {attrs.get('source', '') or '—'}"
+    )
+    table = Table()
+    for column in ("split", "samples", *attrs["modalities"], "padded", *(
+            f"{name} mean±std [min, max]" for name in attrs["label_names"][:2])):
+        table.add_column(column)
+    for split, info in summary["splits"].items():
+        label_cells = [
+            f"{s['mean']:.2f}±{s['std']:.2f} [{s['min']:.2f}, {s['max']:.2f}]"
+            for s in list(info["labels"].values())[:2]
+        ]
+        table.add_row(
+            split, str(info["count"]),
+            *("×".join(map(str, info["shapes"].get(m, ()))) for m in attrs["modalities"]),
+            ",".join(info["padded"]) or "—", *label_cells,
+        )
+    stdout.print(table)
+    if len(attrs["label_names"]) > 2:
+        stdout.print(f"label columns: {', '.join(attrs['label_names'])}")
+
+
+# ----------------------------------------------------------------------------------- train
+
+
+def _training_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config) if args.config else Config()
+    overrides: dict = parse_set_options(args.set or [])
+    for key in ("modalities", "epochs", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    return apply_overrides(config, overrides)
+
+
+def _data_path(args: argparse.Namespace) -> Path:
+    if args.data:
+        return Path(args.data)
+    from ucrn.data.synthetic import default_data_path, ensure_default_data
+
+    if not default_data_path().exists():
+        with console.status(f"making the embedded synthetic MOSI data at {default_data_path()}"):
+            return ensure_default_data()
+    return ensure_default_data()
+
+
+def command_train(args: argparse.Namespace) -> None:
+    from ucrn.data.layout import load_dataset
+    from ucrn.engine import fit, prepare_config, save_run, select_metric
+
+    config = _training_config(args)
+    out_dir = Path(args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"))
+    if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
+        raise UcrnError(f"--out {out_dir} is not empty; choose another directory or --overwrite")
+    data_path = _data_path(args)
+    dataset = load_dataset(data_path, modalities=config.model.modalities)
+    config = prepare_config(config, dataset)
+    metric = select_metric(config)
+    console.print(
+        f"training UCRN on {data_path} · modalities "
+        f"{'+'.join(MODALITY_NAMES[m] for m in config.model.modalities)} · task "
+        f"{config.model.task} · selecting on valid {metric}"
+    )
+
+    progress = Progress(
+        TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"), console=console,
+    )
+    with progress:
+        bar = progress.add_task("train", total=config.train.epochs, status="")
+
+        def on_epoch(result, _checkpoint) -> None:
+            star = " *" if result.improved else ""
+            progress.update(
+                bar, completed=result.epoch,
+                status=f"loss {result.train_loss:.4f} · valid {metric} "
+                f"{result.valid[metric]:.4f}{star} · best epoch {result.best_epoch}",
+            )
+
+        result = fit(config, dataset, on_epoch=on_epoch, device=args.device)
+    save_run(out_dir, result, extra={"data": str(data_path)})
+    stdout.print(metrics_table(
+        f"UCRN · best epoch {result.best_epoch} of {result.epochs_run} · "
+        f"{result.params:,} parameters",
+        {"valid": result.valid, "test": result.test or {}},
+    ))
+    stdout.print(f"wrote {out_dir}/metrics.json, config.json, model.pt ({result.seconds:.1f} s)")
+
+
+# -------------------------------------------------------------------------------- evaluate
+
+
+def command_evaluate(args: argparse.Namespace) -> None:
+    from ucrn.data.batches import bernoulli_noise, drop_modalities, mask_modalities
+    from ucrn.data.layout import load_dataset
+    from ucrn.engine import check_model_fits, evaluate, load_run
+
+    config, model = load_run(args.checkpoint, device=args.device)
+    used = parse_modalities(args.modalities) if args.modalities else config.model.modalities
+    extra = [m for m in used if m not in config.model.modalities]
+    if extra:
+        raise UcrnError(
+            f"--modalities {','.join(used)}: the model was built for "
+            f"{','.join(config.model.modalities)} and cannot take {','.join(extra)}"
+        )
+    masked = parse_modalities(args.mask) if args.mask else ()
+    not_used = [m for m in masked if m not in used]
+    if not_used:
+        raise UcrnError(f"--mask {','.join(masked)}: {','.join(not_used)} is not evaluated")
+    noisy = parse_modalities(args.noise_modalities) if args.noise_modalities else used
+    dataset = load_dataset(args.data, splits=[args.split], modalities=used)
+    check_model_fits(config, dataset)
+
+    split = drop_modalities(dataset.split(args.split), used)
+    if masked:
+        split = mask_modalities(split, masked)
+    if args.noise is not None:
+        split = bernoulli_noise(split, args.noise, noisy, seed=args.noise_seed)
+    metrics = evaluate(model, split, dataset, config, device=args.device)
+    if args.json:
+        print(json.dumps(metrics))
+        return
+    condition = "+".join(used) + (f", {','.join(masked)} masked" if masked else "") + (
+        f", noise p={args.noise:g} on {','.join(noisy)}" if args.noise is not None else "")
+    stdout.print(metrics_table(f"{args.checkpoint} on {args.data}", {
+        f"{args.split} ({condition})": metrics}))
+
+
+# ---------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ucrn", description="UCRN for multimodal sentiment analysis (EMNLP 2021)."
+    )
+    parser.add_argument("--version", action="version", version=f"ucrn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="make, convert and inspect data files")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    synth = data_commands.add_parser("synth", help="write a synthetic data set of real shapes")
+    synth.add_argument("--preset", choices=("mosi", "mosei"), default="mosi")
+    synth.add_argument("--scale", type=float, default=1.0, help="shrink every split (0, 1]")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("-o", "--output", required=True, help="the .h5 file to write")
+    synth.set_defaults(run=command_synth)
+    inspect = data_commands.add_parser("inspect", help="splits, shapes and label statistics")
+    inspect.add_argument("file")
+    inspect.set_defaults(run=command_inspect)
+
+    train = commands.add_parser("train", help="train UCRN; select on valid, score test once")
+    train.add_argument("--data", help="an .h5 data file (default: the embedded synthetic MOSI)")
+    train.add_argument("--modalities", help="e.g. l,a,v (default) or l")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="any model or training setting, e.g. --set lambda_m=0.5 (repeatable)")
+    train.add_argument("--config",
+                       help="a config JSON (config.json of a run, best.json of a search)")
+    train.add_argument("--out", help="run directory (default: runs/train-<time>)")
+    train.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 (default: a GPU when there is one)")
+    train.set_defaults(run=command_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a trained model on a split")
+    evaluate.add_argument("--checkpoint", required=True, help="a run directory of ucrn train")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    evaluate.add_argument("--modalities", help="evaluate on this subset (others are dropped)")
+    evaluate.add_argument("--mask", help="zero the features of these modalities, e.g. a")
+    evaluate.add_argument("--noise", type=float, metavar="P",
+                          help="Bernoulli noise with probability P (see ucrn.data.batches)")
+    evaluate.add_argument("--noise-modalities", help="where to add noise (default: all used)")
+    evaluate.add_argument("--noise-seed", type=int, default=0)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--device")
+    evaluate.set_defaults(run=command_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UcrnError as error:
+        print(f"ucrn: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ucrn: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
