@@ -44,6 +44,7 @@ PRESETS = {
     ),
 }
 
+GENERATOR_VERSION = 1  # bump when the data change, so that cached default files are remade
 VIEW_NOISE = {"l": 2.0, "a": 2.6, "v": 3.2}  # σ_m: language strongest, vision weakest
 INFORMATIVE_DIMS = {"l": 300, "a": 2, "v": 4}  # dimensions along which the view is planted
 PLANT_GAIN = {"l": 1.5, "a": 1.5, "v": 1.5}
@@ -182,7 +183,8 @@ def synthesize(
     with create_dataset_file(
         path, name=f"synthetic-{preset.name}", task="regression", modalities=modalities,
         label_names=label_names, source="synthetic",
-        extra_attrs={"preset": preset.name, "scale": scale, "seed": seed},
+        extra_attrs={"preset": preset.name, "scale": scale, "seed": seed,
+                     "generator_version": GENERATOR_VERSION},
     ) as writer:
         for split, count, split_seed in zip(SPLITS, counts, split_seeds, strict=True):
             rng = np.random.default_rng(split_seed)
@@ -223,7 +225,7 @@ def _chunk(preset, world, modalities, size, start, split, rng) -> dict[str, np.n
 def default_data_path(preset_name: str = "mosi", seed: int = 0) -> Path:
     """Where the embedded default data lives: ``$UCRN_DATA_DIR`` or ``~/.cache/ucrn``."""
     root = Path(os.environ.get("UCRN_DATA_DIR", Path.home() / ".cache" / "ucrn"))
-    return root / f"synthetic-{preset_name}-seed{seed}.h5"
+    return root / f"synthetic-{preset_name}-seed{seed}-v{GENERATOR_VERSION}.h5"
 
 
 def ensure_default_data(preset_name: str = "mosi", seed: int = 0) -> Path:
