@@ -1,0 +1,212 @@
+"""``python tuning/search.py``: bad input fails before Ray; searches run, resume and recover."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from ucrn.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCH = [sys.executable, str(ROOT / "tuning" / "search.py")]
+TINY_SEARCH = ["--num-samples", "2", "--epochs", "2", "--grace-period", "1",
+               "--set", "urm_layers=1", "--set", "crm_layers=1"]
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the session, started the way the search starts it."""
+    import ray
+
+    from tuning.ray_start import start_ray
+
+    session = start_ray(num_cpus=2, object_store_bytes=400 * 2**20)
+    yield session
+    ray.shutdown()
+
+
+def _search(*args: str) -> int:
+    from tuning.search import main
+
+    return main(list(args))
+
+
+# ------------------------------------------------------------------ failures before Ray
+
+
+def _fails_before_ray(capsys, *args) -> str:
+    import ray
+
+    was_running = ray.is_initialized()
+    assert _search(*args) == 2
+    assert ray.is_initialized() == was_running  # no Ray was started for a bad input
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("search: error: "), err
+    return err[0]
+
+
+def test_a_missing_data_file_fails_before_ray(capsys, tmp_path):
+    line = _fails_before_ray(capsys, "--data", str(tmp_path / "none.h5"),
+                             "--storage", str(tmp_path))
+    assert "none.h5 does not exist" in line
+
+
+def test_an_unknown_metric_fails_before_ray(capsys, tiny_mosi, tmp_path):
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--metric", "valid_Acc_9",
+                             "--storage", str(tmp_path))
+    assert "valid_Acc_9 is not a metric" in line and "valid_Non0_acc_2" in line
+
+
+def test_a_test_split_metric_is_refused(capsys, tiny_mosi, tmp_path):
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--metric", "test_MAE",
+                             "--storage", str(tmp_path))
+    assert "validation metric" in line
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"heads": {"choice": [3, 4]}, "head_width": None}, "heads=4 is impossible"),
+    ({"width": {"choice": [30, 32]}}, "search head_width"),
+    ({"dropout": {"uniform": [0.3, 0.1]}}, "range [0.3, 0.1] is empty"),
+    ({"learning_rate": {"loguniform": [0, 1e-3]}}, "loguniform needs low > 0"),
+    ({"urm_layer": {"int": [1, 3]}}, "unknown setting 'urm_layer'"),
+    ({"batch_size": {"choice": []}}, "non-empty list"),
+])
+def test_an_impossible_space_fails_before_ray(capsys, tiny_mosi, tmp_path, space, message):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(space))
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--space", str(path),
+                             "--storage", str(tmp_path))
+    assert message in line
+
+
+def test_a_yaml_space_is_read(tmp_path):
+    from tuning.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("learning_rate: 0.001\nheads:\n  choice: [1, 3]\ndropout: null\n")
+    space = load_space(path)
+    assert space["learning_rate"] == 0.001 and space["heads"] == {"choice": [1, 3]}
+    assert "dropout" not in space
+
+
+def test_an_existing_experiment_needs_resume(capsys, tiny_mosi, tmp_path):
+    (tmp_path / "taken").mkdir()
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--storage", str(tmp_path),
+                             "--name", "taken")
+    assert "pass --resume" in line
+
+
+# --------------------------------------------------------------------------- searches
+
+
+def test_ray_listens_on_loopback_only(ray_session):
+    ray_processes = psutil.Process().children(recursive=True)
+    pids = {p.pid for p in ray_processes}
+    listening = [c for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    assert listening, "found no listening socket of Ray"
+    assert {c.laddr.ip for c in listening} <= LOOPBACK
+    assert ray_session.dashboard_url.startswith("http://127.0.0.1:")
+
+
+def test_the_dashboard_refuses_a_client_without_the_token(ray_session):
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{ray_session.dashboard_url}/api/version", timeout=10)
+    assert refused.value.code == 401
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    request = urllib.request.Request(f"{ray_session.dashboard_url}/api/version",
+                                     headers={"Authorization": f"Bearer {token}"})
+    assert urllib.request.urlopen(request, timeout=10).status == 200
+
+
+@pytest.mark.slow
+def test_a_search_writes_its_tables_and_a_usable_best_config(ray_session, tiny_mosi, tmp_path,
+                                                             capsys):
+    assert _search("--data", str(tiny_mosi), *TINY_SEARCH, "--storage", str(tmp_path),
+                   "--name", "exp") == 0
+    experiment = tmp_path / "exp"
+    trials = pd.read_csv(experiment / "trials.csv")
+    assert len(trials) == 2 and set(trials["status"]) == {"done"}
+    record = json.loads((experiment / "best.json").read_text())
+    assert record["search"]["metric"] == "valid_MAE"
+    assert record["metrics"]["valid"]["MAE"] == pytest.approx(trials["valid_MAE"].min())
+    assert set(record["metrics"]["test"]) >= {"MAE", "Corr", "Non0_acc_2"}
+    config = load_config(experiment / "best.json")  # what ucrn train --config takes
+    assert config.model.urm_layers == 1 and config.train.epochs == 2
+    assert sorted(p.name for p in (experiment / "best").iterdir()) == [
+        "config.json", "metrics.json", "model.pt"]
+    out = capsys.readouterr().out
+    assert "test (scored once)" in out
+
+
+def _completed_trials(experiment: Path) -> set[str]:
+    done = set()
+    for result in experiment.glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines and lines[-1].get("epoch") == 2:
+            done.add(lines[-1]["trial_id"])
+    return done
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_and_keeps_every_completed_trial(ray_session, tiny_mosi,
+                                                                 tmp_path):
+    args = ["--data", str(tiny_mosi), "--num-samples", "4", "--max-concurrent", "1",
+            "--epochs", "2", "--grace-period", "2", "--set", "urm_layers=1",
+            "--set", "crm_layers=1", "--storage", str(tmp_path), "--name", "exp",
+            "--address", ray_session.address]
+    driver = subprocess.Popen([*SEARCH, *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    experiment = tmp_path / "exp"
+    deadline = time.monotonic() + 240
+    while not _completed_trials(experiment) and time.monotonic() < deadline:
+        assert driver.poll() is None, "the search ended before it could be killed"
+        time.sleep(1)
+    completed = _completed_trials(experiment)
+    assert completed, "no trial completed in time"
+    time.sleep(3)  # let the experiment snapshot catch up with the completed trial
+    completed = _completed_trials(experiment)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+
+    resumed = subprocess.run([*SEARCH, *args, "--resume"], capture_output=True, text=True,
+                             timeout=420)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = pd.read_csv(experiment / "trials.csv")
+    assert len(trials) == 4
+    assert {t[:8] for t in completed} <= set(trials["trial"])
+    assert set(trials["status"]) == {"done"}
+
+
+@pytest.mark.slow
+def test_a_worker_that_fails_once_is_retried_from_its_checkpoint(tiny_mosi, tmp_path):
+    marker = tmp_path / "failed-once"
+    environment = {**os.environ, "UCRN_TEST_FAIL_ONCE_MARKER": str(marker)}
+    finished = subprocess.run(
+        [*SEARCH, "--data", str(tiny_mosi), "--num-samples", "1", "--epochs", "3",
+         "--grace-period", "3", "--set", "urm_layers=1", "--set", "crm_layers=1",
+         "--storage", str(tmp_path), "--name", "exp"],
+        env=environment, capture_output=True, text=True, timeout=420,
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert marker.exists()  # the failure happened
+    record = json.loads((tmp_path / "exp" / "best.json").read_text())
+    assert record["search"]["best_epoch"] >= 1
+    history = [json.loads(line) for line in
+               next((tmp_path / "exp").glob("*/result.json")).read_text().splitlines()]
+    epochs = [entry["epoch"] for entry in history]
+    assert epochs[-1] == 3  # the trial finished all its epochs
+    assert epochs.count(1) == 1  # epoch 1 was not redone: the restart used its checkpoint

@@ -1,0 +1,101 @@
+"""Starting Ray, or connecting to a running cluster, the way these machines need it.
+
+Facts measured on Ray 2.60 (RAY_NOTES.md): Ray rewrites 127.0.0.1 to the machine's address
+unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set and the node address and dashboard host
+are given as 127.0.0.1; the dashboard must run, or Train's reserved CPUs leak when a trial is
+stopped early. Token authentication is left to Ray's default, which is on: a new local Ray
+writes ``~/.ray/auth_token`` and a client that finds the token uses it (setting
+``RAY_AUTH_MODE`` here would come too late for a process that imported Ray already).
+Ray Train's controller polls its workers every 2 s by default, which kept each finished
+trial alive for 5–7 s more; 0.5 s cuts that to 2 s.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+LOCALHOST = "127.0.0.1"
+DASHBOARD_PORT = 8265  # or the next free port, when another Ray holds it
+# Set before Ray starts; the Train ones are passed on to the controller and the workers.
+RAY_ENVIRONMENT = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+
+
+@dataclass
+class RaySession:
+    address: str  # the GCS address
+    dashboard_url: str
+    started_here: bool  # True: a local Ray this process started (and stops)
+    cpus: float
+    gpus: float
+
+
+def prepare_environment() -> None:
+    """The environment variables Ray must see before it starts (user settings win)."""
+    for key, value in RAY_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+
+
+def _free_port(preferred: int, attempts: int = 50) -> int:
+    """``preferred`` if nothing listens there on 127.0.0.1, else the next free port."""
+    for port in range(preferred, preferred + attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((LOCALHOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {preferred}–{preferred + attempts - 1}")
+
+
+def _keep_on_localhost() -> None:
+    """Stop Ray from replacing 127.0.0.1 by the machine's address (local start only).
+
+    Ray reads this switch when it is imported, so the imported constant is set too; the
+    environment variable carries it to the processes Ray starts.
+    """
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def start_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    object_store_bytes: int | None = None,
+) -> RaySession:
+    """Connect to ``address`` (or ``$RAY_ADDRESS``); else start a local Ray on 127.0.0.1 only.
+
+    Reuses a Ray that this process already started or joined.
+    """
+    prepare_environment()
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            _keep_on_localhost()
+            ray.init(
+                _node_ip_address=LOCALHOST, dashboard_host=LOCALHOST,
+                dashboard_port=_free_port(DASHBOARD_PORT), include_dashboard=True,
+                num_cpus=num_cpus,
+                object_store_memory=object_store_bytes, log_to_driver=False,
+            )
+    context = ray.get_runtime_context()
+    resources = ray.cluster_resources()
+    dashboard = ray._private.worker.get_dashboard_url()
+    return RaySession(
+        address=context.gcs_address,
+        dashboard_url=f"http://{dashboard}" if dashboard else "",
+        started_here=not (address or os.environ.get("RAY_ADDRESS")),
+        cpus=float(resources.get("CPU", 0.0)),
+        gpus=float(resources.get("GPU", 0.0)),
+    )

@@ -1,0 +1,323 @@
+"""``python tuning/search.py``: Ray Tune + Optuna search over UCRN, trials trained by Ray Train.
+
+Optuna's TPE proposes settings, ASHA stops weak trials early, every trial is a Ray Train run
+of ``ucrn.engine.fit``. The objective and each trial's checkpoint use the validation split
+only; after the search, the best trial's best checkpoint is scored on the test split once.
+
+Results land in ``STORAGE/NAME``: ``trials.csv``, ``best.json`` (a config ``ucrn train
+--config`` accepts, with the search record and the valid/test metrics), ``best/`` (a run
+directory ``ucrn evaluate --checkpoint`` accepts) and Ray's own experiment files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tuning.space import load_space, trial_overrides
+from tuning.tables import metric_mode
+from ucrn.cli import metrics_table
+from ucrn.config import Config, apply_overrides, load_config, parse_set_options
+from ucrn.data.layout import Dataset, load_dataset
+from ucrn.data.synthetic import ensure_default_data
+from ucrn.engine import FitResult, evaluate, prepare_config, save_run
+from ucrn.errors import UcrnError
+from ucrn.model import UCRN
+from ucrn.tasks import metric_names
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+@dataclass
+class Plan:
+    """Everything checked before Ray starts."""
+
+    args: argparse.Namespace
+    dataset: Dataset
+    base: Config
+    space: dict[str, Any]
+    metric: str
+    mode: str
+    experiment: str  # STORAGE/NAME, a local path or a URI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python tuning/search.py",
+        description="Search UCRN's hyperparameters with Ray Tune + Optuna; trials run on "
+        "Ray Train workers. With no arguments: a small search on the embedded synthetic MOSI.",
+    )
+    data = parser.add_argument_group("data and model")
+    data.add_argument("--data", help="an .h5 data file (default: the embedded synthetic MOSI)")
+    data.add_argument("--modalities", help="e.g. l,a,v (default: all the data has)")
+    data.add_argument("--config", help="base config JSON; the space is laid over it")
+    data.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="fix a setting for every trial (it leaves the space), e.g. "
+                      "--set task=binary")
+    search = parser.add_argument_group("search")
+    search.add_argument("--space", help="JSON/YAML file laid over the default space")
+    search.add_argument("--num-samples", type=int, default=8, help="trials (default 8)")
+    search.add_argument("--max-concurrent", type=int, default=2,
+                        help="trials at once (default 2)")
+    search.add_argument("--epochs", type=int, default=8, help="epochs per trial (default 8)")
+    search.add_argument("--metric", default="valid_MAE",
+                        help="validation metric to optimise (default valid_MAE; e.g. "
+                        "valid_Non0_acc_2)")
+    search.add_argument("--mode", choices=("min", "max"),
+                        help="default: min for MAE and loss, max otherwise")
+    search.add_argument("--grace-period", type=int, default=2,
+                        help="epochs before ASHA may stop a trial (default 2)")
+    search.add_argument("--seed", type=int, default=0, help="Optuna's seed and the trials'")
+    cluster = parser.add_argument_group("cluster and storage")
+    cluster.add_argument("--address", help="a running Ray cluster (default: $RAY_ADDRESS, "
+                         "else a local Ray on 127.0.0.1)")
+    cluster.add_argument("--workers-per-trial", type=int, default=1)
+    cluster.add_argument("--cpus-per-worker", type=float,
+                         help="default: the cluster's CPUs shared by the concurrent trials")
+    cluster.add_argument("--gpus-per-worker", type=float,
+                         help="e.g. 0.25 packs four trials on a GPU (default: 0.25 when the "
+                         "cluster has GPUs, else 0)")
+    cluster.add_argument("--max-failures", type=int, default=2,
+                         help="restarts of a failed trial from its last checkpoint")
+    cluster.add_argument("--storage", default="ray_results",
+                         help="experiment storage: a folder or a URI such as s3://bucket/x")
+    cluster.add_argument("--name", help="experiment name (default: search-<time>)")
+    cluster.add_argument("--resume", action="store_true",
+                         help="continue the experiment --name (default: the latest one)")
+    return parser
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _experiment_path(args: argparse.Namespace) -> str:
+    storage = args.storage if _is_uri(args.storage) else str(Path(args.storage).resolve())
+    if args.name:
+        return f"{storage.rstrip('/')}/{args.name}"
+    if not args.resume:
+        return f"{storage.rstrip('/')}/{time.strftime('search-%Y%m%d-%H%M%S')}"
+    if _is_uri(storage):
+        raise UcrnError("--resume with a URI storage needs --name")
+    candidates = sorted(Path(storage).glob("*/tuner.pkl"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise UcrnError(f"--resume: no experiment to resume in {storage}")
+    return str(candidates[-1].parent)
+
+
+def plan_search(argv: Sequence[str] | None = None) -> Plan:
+    """Parse and check every input; nothing here starts Ray."""
+    args = build_parser().parse_args(argv)
+    for name in ("num_samples", "max_concurrent", "epochs", "grace_period",
+                 "workers_per_trial"):
+        if getattr(args, name) < 1:
+            raise UcrnError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.grace_period > args.epochs:
+        raise UcrnError(f"--grace-period {args.grace_period} exceeds --epochs {args.epochs}")
+    fixed: dict[str, Any] = parse_set_options(args.set or [])
+    overrides = {**fixed, "epochs": args.epochs, "seed": args.seed, "patience": args.epochs}
+    if args.modalities:
+        overrides["modalities"] = args.modalities
+    base = apply_overrides(load_config(args.config) if args.config else Config(), overrides)
+    space = load_space(args.space, base, fixed)
+
+    if not args.metric.startswith("valid_"):
+        raise UcrnError(
+            f"--metric {args.metric}: the search optimises a validation metric (valid_*); "
+            "the test split is scored once, after the search"
+        )
+    names = metric_names(base.model.task)
+    if args.metric.removeprefix("valid_") not in names:
+        raise UcrnError(
+            f"--metric {args.metric} is not a metric of task {base.model.task!r}; choose "
+            f"one of {', '.join('valid_' + n for n in names)}"
+        )
+    mode = args.mode or metric_mode(args.metric)
+    base = apply_overrides(base, {"select_metric": args.metric.removeprefix("valid_")})
+
+    data_path = Path(args.data) if args.data else ensure_default_data()
+    dataset = load_dataset(data_path, modalities=base.model.modalities if args.modalities
+                           else None)
+    base = prepare_config(base, dataset)
+
+    experiment = _experiment_path(args)
+    if not _is_uri(experiment):
+        exists = (Path(experiment) / "tuner.pkl").exists()
+        if args.resume and not exists:
+            raise UcrnError(f"--resume: {experiment} holds no experiment to resume")
+        if not args.resume and Path(experiment).exists():
+            raise UcrnError(f"{experiment} exists; pass --resume to continue it, or another "
+                            "--name")
+    return Plan(args, dataset, base, space, args.metric, mode, experiment)
+
+
+def _resources(args: argparse.Namespace, cpus: float, gpus: float):
+    from tuning.trials import TRIAL_CPU, Resources
+
+    gpus_per_worker = args.gpus_per_worker
+    if gpus_per_worker is None:
+        gpus_per_worker = 0.25 if gpus > 0 else 0.0
+    if gpus_per_worker > 0 and gpus == 0:
+        raise UcrnError(f"--gpus-per-worker {gpus_per_worker}: the cluster has no GPU")
+    cpus_per_worker = args.cpus_per_worker
+    if cpus_per_worker is None:
+        free = cpus - TRIAL_CPU * args.max_concurrent
+        cpus_per_worker = min(4.0, free / (args.max_concurrent * args.workers_per_trial))
+        cpus_per_worker = max(0.1, round(cpus_per_worker, 2))
+    return Resources(args.workers_per_trial, cpus_per_worker, gpus_per_worker,
+                     args.max_failures)
+
+
+def _write_text(experiment: str, name: str, text: str) -> None:
+    if _is_uri(experiment):
+        import pyarrow.fs
+
+        filesystem, root = pyarrow.fs.FileSystem.from_uri(experiment)
+        with filesystem.open_output_stream(f"{root}/{name}") as stream:
+            stream.write(text.encode())
+    else:
+        Path(experiment, name).write_text(text)
+
+
+def _save_best_run(experiment: str, result: FitResult) -> None:
+    if not _is_uri(experiment):
+        save_run(Path(experiment) / "best", result)
+        return
+    import pyarrow.fs
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_run(folder, result)
+        pyarrow.fs.copy_files(folder, f"{experiment}/best")
+
+
+def run_search(plan: Plan) -> dict[str, Any]:
+    """Start or join Ray, run the search, score the best checkpoint on test once."""
+    from tuning.ray_start import start_ray
+
+    args = plan.args
+    session = start_ray(args.address)
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuning.space import to_tune
+    from tuning.tables import LiveTrialTable, rich_table, trial_rows
+    from tuning.trials import best_checkpoint_state, make_trainable
+
+    where = session.dashboard_url or "(no dashboard URL)"
+    console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard {where}")
+    resources = _resources(args, session.cpus, session.gpus)
+    console.print(
+        f"{'resuming' if args.resume else 'search'} {plan.experiment}: {args.num_samples} "
+        f"trials × {args.epochs} epochs, {args.max_concurrent} at once, {resources.workers} "
+        f"worker(s) per trial with {resources.cpus_per_worker:g} CPU and "
+        f"{resources.gpus_per_worker:g} GPU each · objective {plan.metric} ({plan.mode})"
+    )
+
+    data_ref = ray.put(plan.dataset)
+    trainable = make_trainable(plan.base, data_ref, resources, f"{plan.experiment}/train")
+    searched = [key for key, entry in plan.space.items() if isinstance(entry, dict)]
+    live = LiveTrialTable(plan.metric, searched, args.epochs)
+    storage, name = plan.experiment.rsplit("/", 1)
+    started = time.perf_counter()
+    if args.resume:
+        tuner = tune.Tuner.restore(plan.experiment, trainable=trainable,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_tune(plan.space),
+            tune_config=tune.TuneConfig(
+                metric=plan.metric, mode=plan.mode,
+                search_alg=OptunaSearch(seed=args.seed),
+                scheduler=ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
+                                        reduction_factor=2),
+                num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, callbacks=[live], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            ),
+        )
+    grid = tuner.fit()
+    search_seconds = time.perf_counter() - started
+
+    results = [(_trial_id(r), "error" if r.error else "done", r.config, r.metrics_dataframe)
+               for r in grid]
+    table = trial_rows(results, plan.metric, searched)
+    _write_text(plan.experiment, "trials.csv", table.to_csv(index=False))
+    finished = [r for r in grid if r.metrics and plan.metric in r.metrics]
+    if not finished:
+        raise UcrnError(f"no trial reported {plan.metric}; see the trial logs in "
+                        f"{plan.experiment}")
+    best = grid.get_best_result(plan.metric, plan.mode, scope="all")
+    history = best.metrics_dataframe
+    best_row = history.loc[history[plan.metric].idxmin() if plan.mode == "min"
+                           else history[plan.metric].idxmax()]
+    valid = {key.removeprefix("valid_"): float(value) for key, value in best_row.items()
+             if key.startswith("valid_")}
+
+    config = apply_overrides(plan.base, trial_overrides(best.config, plan.base))
+    state = best_checkpoint_state(best.metrics)
+    model = UCRN(config.model)
+    model.load_state_dict(state["progress"]["best_state"])
+    test = evaluate(model, plan.dataset.split("test"), plan.dataset, config)  # once
+    progress = state["progress"]
+    result = FitResult(config, model, progress["best_epoch"], progress["epoch"],
+                       progress["epoch"] < args.epochs, valid, test, progress["history"],
+                       search_seconds)
+    _save_best_run(plan.experiment, result)
+    record = {
+        **config.to_dict(),
+        "search": {"experiment": plan.experiment, "trial": _trial_id(best),
+                   "metric": plan.metric, "mode": plan.mode, "best_epoch": int(
+                       best_row["epoch"]), "trials": len(grid), "seconds": search_seconds},
+        "metrics": {"valid": valid, "test": test},
+    }
+    _write_text(plan.experiment, "best.json", json.dumps(record, indent=2) + "\n")
+
+    stdout.print(rich_table(table, title=f"{len(grid)} trials, best {plan.metric} first",
+                            max_rows=20))
+    chosen = {key: best.config[key] for key in searched if key in best.config}
+    stdout.print(f"best trial {_trial_id(best)}: {json.dumps(chosen)}")
+    stdout.print(metrics_table(
+        f"best checkpoint (epoch {progress['best_epoch']}) · selected on {plan.metric}",
+        {"valid": valid, "test (scored once)": test},
+    ))
+    stdout.print(f"wrote {plan.experiment}/trials.csv, best.json, best/ "
+                 f"({search_seconds:.0f} s of search)")
+    return record
+
+
+def _trial_id(result) -> str:
+    return str(result.metrics.get("trial_id") or Path(result.path).name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        plan = plan_search(argv)
+        run_search(plan)
+    except UcrnError as error:
+        print(f"search: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("search: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The search space: what Optuna tries, on one screen, and how a file overrides it.
+
+Each entry is ``{"loguniform" | "uniform": [low, high]}``, ``{"int": [low, high]}`` (both
+ends included), ``{"choice": [...]}``, or a plain value that fixes the setting. Keys are
+``ucrn.config`` settings, plus ``head_width``: the width is searched as heads × head_width,
+so the heads always divide it (paper eq. 3).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ucrn.config import MODEL_KEYS, TRAIN_KEYS, Config, apply_overrides
+from ucrn.errors import UcrnError
+
+DEFAULT_SPACE: dict[str, Any] = {
+    "lambda_m":      {"loguniform": [0.01, 10.0]},   # weight of L_M, the JS regulariser
+    "lambda_c":      {"uniform": [0.5, 2.0]},        # weight of L_C, the task loss
+    "urm_layers":    {"int": [1, 5]},
+    "crm_layers":    {"int": [1, 5]},
+    "heads":         {"choice": [1, 2, 3, 4]},
+    "head_width":    {"choice": [6, 8, 10, 12]},     # width = heads × head_width
+    "sqil_layers":   {"int": [0, 3]},
+    "learning_rate": {"loguniform": [2e-4, 3e-3]},
+    "batch_size":    {"choice": [16, 32, 64]},
+    "dropout":       {"uniform": [0.0, 0.3]},
+}
+
+KINDS = ("uniform", "loguniform", "int", "choice")
+DERIVED = {"width": "head_width"}  # searched through another key
+# Settings the search itself owns; a space that sets them would fight the command line.
+RESERVED = ("epochs", "seed", "select_metric", "modalities", "input_dims")
+
+
+def load_space(
+    path: str | Path | None, base: Config | None = None, fixed: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The default space, with the entries of a JSON or YAML file laid over it.
+
+    In the file, a plain value fixes a setting and ``null`` takes it out of the search.
+    Settings named in ``fixed`` (the command line's ``--set``) leave the space; every value
+    the space can produce is checked against ``base``.
+    """
+    space = dict(DEFAULT_SPACE)
+    fixed = {key.split(".", 1)[-1] for key in fixed}
+    if path is None:
+        return check_space(_without(space, fixed), base)
+    path = Path(path)
+    if not path.is_file():
+        raise UcrnError(f"--space {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            overrides = yaml.safe_load(text)
+        else:
+            overrides = json.loads(text)
+    except Exception as error:  # noqa: BLE001 - JSON and YAML raise different errors
+        raise UcrnError(f"--space {path} cannot be parsed: {error}") from None
+    if not isinstance(overrides, dict):
+        raise UcrnError(f"--space {path} must hold a mapping of setting → range")
+    for key, value in overrides.items():
+        if value is None:
+            space.pop(key, None)
+        else:
+            space[key] = value
+    try:
+        return check_space(_without(space, fixed), base)
+    except UcrnError as error:
+        raise UcrnError(f"--space {path}: {error}") from None
+
+
+def _without(space: dict[str, Any], fixed: set[str]) -> dict[str, Any]:
+    """The space less the settings fixed elsewhere; a fixed width also fixes head_width."""
+    removed = set(fixed) | ({"head_width"} if "width" in fixed else set())
+    return {key: entry for key, entry in space.items() if key not in removed}
+
+
+def _kind(key: str, entry: Any) -> tuple[str, Any] | None:
+    """(kind, arguments) of a searched entry, None for a fixed value."""
+    if not isinstance(entry, dict):
+        return None
+    if len(entry) != 1 or next(iter(entry)) not in KINDS:
+        raise UcrnError(f"{key}: write one of {', '.join(KINDS)} with its range, e.g. "
+                        '{"uniform": [0.0, 0.3]}, or a plain value')
+    kind, arguments = next(iter(entry.items()))
+    return kind, arguments
+
+
+def _values_to_check(key: str, entry: Any) -> list[Any]:
+    kind_and_args = _kind(key, entry)
+    if kind_and_args is None:
+        return [entry]
+    kind, arguments = kind_and_args
+    if kind == "choice":
+        if not isinstance(arguments, list) or not arguments:
+            raise UcrnError(f"{key}: choice needs a non-empty list")
+        return arguments
+    if not (isinstance(arguments, list) and len(arguments) == 2
+            and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in arguments)):
+        raise UcrnError(f"{key}: {kind} needs [low, high] numbers, got {arguments!r}")
+    low, high = arguments
+    if not low < high:
+        raise UcrnError(f"{key}: {kind} range [{low}, {high}] is empty; low must be < high")
+    if kind == "loguniform" and low <= 0:
+        raise UcrnError(f"{key}: loguniform needs low > 0, got {low}")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise UcrnError(f"{key}: int needs whole numbers, got [{low}, {high}]")
+    return [low, high]
+
+
+def check_space(space: dict[str, Any], base: Config | None = None) -> dict[str, Any]:
+    """Raise ``UcrnError`` unless every value the space can produce is a valid config."""
+    for key in space:
+        if key in DERIVED:
+            raise UcrnError(
+                f"{key} is not searched directly: search {DERIVED[key]} (the width is "
+                f"heads × {DERIVED[key]}, so the heads always divide it)"
+            )
+        if key in RESERVED:
+            raise UcrnError(f"{key} is set by the search's own options, not by the space")
+        if key != "head_width" and key not in MODEL_KEYS and key not in TRAIN_KEYS:
+            raise UcrnError(f"unknown setting {key!r} in the search space")
+    base = base or Config()
+    values = {key: _values_to_check(key, entry) for key, entry in space.items()}
+    first = {key: options[0] for key, options in values.items()}
+    for key, options in values.items():
+        for value in options:
+            if key == "head_width" and (not isinstance(value, int) or value < 1):
+                raise UcrnError(f"head_width: {value!r} is not a positive whole number")
+            try:  # this value with the first value of every other setting
+                apply_overrides(base, trial_overrides({**first, key: value}, base))
+            except UcrnError as error:
+                raise UcrnError(f"{key}={value!r} is impossible: {error}") from None
+    return space
+
+
+def to_tune(space: dict[str, Any]) -> dict[str, Any]:
+    """The space as Ray Tune domains (which OptunaSearch turns into Optuna distributions)."""
+    from ray import tune
+
+    domains: dict[str, Any] = {}
+    for key, entry in space.items():
+        kind_and_args = _kind(key, entry)
+        if kind_and_args is None:
+            domains[key] = entry
+            continue
+        kind, arguments = kind_and_args
+        if kind == "choice":
+            domains[key] = tune.choice(arguments)
+        elif kind == "uniform":
+            domains[key] = tune.uniform(*arguments)
+        elif kind == "loguniform":
+            domains[key] = tune.loguniform(*arguments)
+        else:
+            domains[key] = tune.randint(int(arguments[0]), int(arguments[1]) + 1)
+    return domains
+
+
+def trial_overrides(trial_config: dict[str, Any], base: Config) -> dict[str, Any]:
+    """A trial's sampled values as ``ucrn`` overrides: head_width becomes the width."""
+    overrides = {k: v for k, v in trial_config.items() if k != "head_width"}
+    if "head_width" in trial_config:
+        heads = int(overrides.get("heads", base.model.heads))
+        overrides["width"] = heads * int(trial_config["head_width"])
+    return overrides

@@ -1,0 +1,134 @@
+"""Tables of trials and metrics: pandas for files, rich for the terminal, live during a search."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+from ray.tune import Callback
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ucrn.metrics import LOWER_IS_BETTER
+
+SHORT_NAMES = {
+    "lambda_m": "λm", "lambda_c": "λc", "urm_layers": "URM", "crm_layers": "CRM", "heads": "H",
+    "head_width": "dh", "sqil_layers": "SQIL", "learning_rate": "lr", "batch_size": "batch",
+    "dropout": "drop", "weight_decay": "wd", "ffn_multiplier": "ffn",
+}
+
+
+def metric_mode(metric: str) -> str:
+    """``min`` for validation losses and MAE, ``max`` for everything else."""
+    return "min" if metric.removeprefix("valid_") in LOWER_IS_BETTER else "max"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "—"
+        return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}"
+    return "—" if value is None else str(value)
+
+
+def rich_table(frame: pd.DataFrame, title: str = "", max_rows: int | None = None) -> Table:
+    """A DataFrame as a rich table (numbers right-aligned, 4 significant figures)."""
+    table = Table(title=title or None)
+    for column in frame.columns:
+        label = SHORT_NAMES.get(str(column), str(column))
+        numeric = pd.api.types.is_numeric_dtype(frame[column])
+        table.add_column(label, justify="right" if numeric else "left")
+    rows = frame if max_rows is None else frame.head(max_rows)
+    for _, row in rows.iterrows():
+        table.add_row(*(_cell(value) for value in row.tolist()))
+    return table
+
+
+def trial_rows(results: list[tuple[str, str, dict, pd.DataFrame | None]], metric: str,
+               hyperparameters: list[str]) -> pd.DataFrame:
+    """One row per trial: status, epochs, best validation score and its epoch, settings.
+
+    ``results`` holds (trial_id, status, config, per-epoch metrics) for each trial.
+    """
+    mode = metric_mode(metric)
+    rows = []
+    for trial_id, status, config, history in results:
+        row: dict[str, Any] = {"trial": trial_id[:8], "status": status}
+        if history is not None and metric in history and history[metric].notna().any():
+            scores = history[metric]
+            best = scores.idxmin() if mode == "min" else scores.idxmax()
+            row.update({"epochs": int(history["epoch"].max()), metric: scores[best],
+                        "best epoch": int(history.loc[best, "epoch"])})
+        else:
+            row.update({"epochs": 0, metric: float("nan"), "best epoch": 0})
+        row.update({key: config.get(key) for key in hyperparameters})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.sort_values(metric, ascending=mode == "min", na_position="last")
+    return frame.reset_index(drop=True)
+
+
+class LiveTrialTable(Callback):
+    """A Tune callback that keeps a rich table of the trials on screen during the search."""
+
+    def __init__(self, metric: str, hyperparameters: list[str], max_epochs: int):
+        self.metric, self.hyperparameters, self.max_epochs = metric, hyperparameters, max_epochs
+        self.rows: dict[str, dict[str, Any]] = {}
+        self._live: Live | None = None
+
+    def __getstate__(self) -> dict:  # the screen is not part of the experiment's state
+        return {**self.__dict__, "_live": None}
+
+    def _render(self) -> Table:
+        frame = pd.DataFrame(list(self.rows.values()))
+        if frame.empty:
+            return Table(title="waiting for the first trial")
+        return rich_table(frame, title=f"trials: {self.metric}, last epoch and best so far")
+
+    def _show(self) -> None:
+        if self._live is None:
+            self._live = Live(self._render(), console=Console(stderr=True),
+                              refresh_per_second=2, transient=False)
+            self._live.start()
+        else:
+            self._live.update(self._render())
+
+    def _row(self, trial, status: str) -> dict[str, Any]:
+        row = self.rows.setdefault(trial.trial_id, {
+            "trial": trial.trial_id[:8], "status": status, "epoch": 0,
+            "last": float("nan"), "best": float("nan"),
+            **{key: trial.config.get(key) for key in self.hyperparameters},
+        })
+        row["status"] = status
+        return row
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._row(trial, "running")
+        self._show()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = self._row(trial, "running")
+        value = result.get(self.metric, float("nan"))
+        row["epoch"] = f"{result.get('epoch', 0)}/{self.max_epochs}"
+        row["last"] = value
+        better = (value < row["best"]) if metric_mode(self.metric) == "min" else (
+            value > row["best"])
+        if math.isnan(row["best"]) or better:
+            row["best"] = value
+        self._show()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._row(trial, "done")
+        self._show()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._row(trial, "error")
+        self._show()
+
+    def on_experiment_end(self, trials, **info):
+        if self._live is not None:
+            self._live.stop()
+            self._live = None

@@ -1,0 +1,79 @@
+"""The Ray Train worker loop: ``ucrn.engine.fit`` with data parallelism and checkpoints.
+
+Every worker trains on its shard of each epoch's batches (DDP: gloo on CPU, nccl on GPU),
+every worker scores the whole validation split, and all report each epoch; rank 0 attaches
+the resumable checkpoint. A restarted worker group continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from ucrn.config import config_from_dict
+from ucrn.engine import EpochResult, fit
+
+CHECKPOINT_FILE = "state.pt"
+# Test hook: a marker path; the first worker to reach epoch 2 without it creates it and fails.
+FAIL_ONCE_ENV = "UCRN_TEST_FAIL_ONCE_MARKER"
+
+
+def epoch_metrics(result: EpochResult) -> dict[str, Any]:
+    """What a trial reports each epoch: validation metrics (``valid_*``) and losses."""
+    return {
+        "epoch": result.epoch, "train_loss": result.train_loss,
+        "train_task_loss": result.train_task_loss, "train_js": result.train_js,
+        **{f"valid_{key}": value for key, value in result.valid.items()},
+        "best_epoch": result.best_epoch, "epoch_seconds": result.seconds,
+    }
+
+
+def read_checkpoint(checkpoint: ray.train.Checkpoint) -> dict:
+    """The engine's resumable state from a checkpoint written by ``train_worker``."""
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def _fail_once(epoch: int) -> None:
+    marker = os.environ.get(FAIL_ONCE_ENV)
+    if marker and epoch == 2 and not Path(marker).exists():
+        Path(marker).touch()
+        raise RuntimeError("injected worker failure (test hook)")
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """The function every Ray Train worker runs."""
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(loop_config["threads"])
+    dataset = ray.get(loop_config["data"][0])
+    config = config_from_dict(loop_config["config"])
+    device = ray.train.torch.get_device()
+    node_id = ray.get_runtime_context().get_node_id()
+    previous = ray.train.get_checkpoint()
+    resume = read_checkpoint(previous) if previous else None
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        if world_size == 1:
+            return model
+        return ray.train.torch.prepare_model(model, move_to_device=False)  # DDP
+
+    def on_epoch(result: EpochResult, checkpoint) -> None:
+        _fail_once(result.epoch)
+        metrics = {**epoch_metrics(result), "node_id": node_id}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(checkpoint(), Path(folder) / CHECKPOINT_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    fit(config, dataset, device=device, score_test=False, on_epoch=on_epoch, resume=resume,
+        rank=rank, world_size=world_size, wrap_model=wrap)
