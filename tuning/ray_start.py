@@ -22,6 +22,7 @@ DASHBOARD_PORT = 8265  # or the next free port, when another Ray holds it
 RAY_ENVIRONMENT = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_TRAIN_V2_ENABLED": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",  # Tune's own console output; the search draws its own table
 }
 
 

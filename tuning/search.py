@@ -25,6 +25,7 @@ from typing import Any
 from rich.console import Console
 
 from tuning.space import load_space, trial_overrides
+from tuning.tables import console as table_console
 from tuning.tables import metric_mode
 from ucrn.cli import metrics_table
 from ucrn.config import Config, apply_overrides, load_config, parse_set_options
@@ -36,7 +37,6 @@ from ucrn.model import UCRN
 from ucrn.tasks import metric_names
 
 console = Console(stderr=True)
-stdout = Console()
 
 
 @dataclass
@@ -288,6 +288,7 @@ def run_search(plan: Plan) -> dict[str, Any]:
     }
     _write_text(plan.experiment, "best.json", json.dumps(record, indent=2) + "\n")
 
+    stdout = table_console()
     stdout.print(rich_table(table, title=f"{len(grid)} trials, best {plan.metric} first",
                             max_rows=20))
     chosen = {key: best.config[key] for key in searched if key in best.config}

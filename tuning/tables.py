@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import pandas as pd
@@ -18,6 +19,12 @@ SHORT_NAMES = {
     "head_width": "dh", "sqil_layers": "SQIL", "learning_rate": "lr", "batch_size": "batch",
     "dropout": "drop", "weight_decay": "wd", "ffn_multiplier": "ffn",
 }
+
+
+def console(stream=None) -> Console:
+    """A rich console that stays wide enough for the trial tables when not on a terminal."""
+    stream = stream or sys.stdout
+    return Console(file=stream, width=None if stream.isatty() else 160)
 
 
 def metric_mode(metric: str) -> str:
@@ -90,7 +97,7 @@ class LiveTrialTable(Callback):
 
     def _show(self) -> None:
         if self._live is None:
-            self._live = Live(self._render(), console=Console(stderr=True),
+            self._live = Live(self._render(), console=console(sys.stderr),
                               refresh_per_second=2, transient=False)
             self._live.start()
         else:
