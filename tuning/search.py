@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from ucrn.config import Config, apply_overrides, load_config, parse_set_options
 from ucrn.data.layout import Dataset, load_dataset
 from ucrn.data.synthetic import ensure_default_data
 from ucrn.engine import FitResult, evaluate, prepare_config, save_run
-from ucrn.errors import UcrnError
+from ucrn.errors import UcrnError, exit_status
 from ucrn.model import UCRN
 from ucrn.tasks import metric_names
 
@@ -307,18 +306,9 @@ def _trial_id(result) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        plan = plan_search(argv)
-        run_search(plan)
-    except UcrnError as error:
-        print(f"search: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("search: interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(lambda: run_search(plan_search(argv)), "search",
+                       "continue with --resume")
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

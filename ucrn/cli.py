@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ucrn import MODALITY_NAMES, __version__
 from ucrn.config import Config, apply_overrides, load_config, parse_modalities, parse_set_options
-from ucrn.errors import UcrnError
+from ucrn.errors import UcrnError, exit_status
 
 console = Console(stderr=True)
 stdout = Console()
@@ -248,15 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except UcrnError as error:
-        print(f"ucrn: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ucrn: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(lambda: args.run(args), "ucrn", "nothing was written")
 
 
 if __name__ == "__main__":

@@ -6,3 +6,18 @@ class UcrnError(Exception):
 
     The command line prints the message on one line and exits with status 2.
     """
+
+
+def exit_status(command, program: str, interrupted: str) -> int:
+    """Run ``command()``; a ``UcrnError`` becomes one line on stderr and status 2."""
+    import sys
+
+    try:
+        command()
+    except UcrnError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted; {interrupted}", file=sys.stderr)
+        return 130
+    return 0
