@@ -50,7 +50,8 @@ def main() -> None:
         session = start_ray(num_cpus=2)
         data_ref = ray.put(dataset)
         resources = Resources(workers=1, cpus_per_worker=1.9)
-        trainable = make_trainable(config, data_ref, resources, f"{folder}/train")
+        trainable = make_trainable(config, data_ref, resources, f"{folder}/train",
+                                   overrides_of=lambda trial: {})
         as_trial, inside = [], []
         for repeat in range(args.repeats):
             tuner = tune.Tuner(trainable, param_space={}, run_config=tune.RunConfig(

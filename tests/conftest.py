@@ -10,15 +10,17 @@ import pytest
 from ucrn.data.layout import write_dataset
 from ucrn.data.synthetic import synthesize
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The read-only folder of real reference files (metric vectors, real CMU-MOSI labels)."""
-    if not (SHARED / "data" / "metric_vectors.json").exists():
-        pytest.fail(f"the reference files are missing from {SHARED}")
-    return SHARED
+def reference_data() -> Path:
+    """The folder of reference files: ``../shared/data`` beside the checkout, else the
+    byte-identical copies in ``tests/fixtures``."""
+    if (SHARED_DATA / "metric_vectors.json").exists():
+        return SHARED_DATA
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +58,15 @@ def write_small(tmp_path):
         return write_dataset(tmp_path / name, splits, name="small", **attrs)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session, started the way the commands start it."""
+    import ray
+
+    from tuning.ray_start import start_ray
+
+    session = start_ray(num_cpus=2, object_store_bytes=400 * 2**20)
+    yield session
+    ray.shutdown()

@@ -17,12 +17,12 @@ from ucrn.metrics import (
 KEY_IN_VECTORS = {"Acc_7_sdk": "Acc_7_sdk_binning"}
 
 
-def _vectors(shared_dir):
-    return json.loads((shared_dir / "data" / "metric_vectors.json").read_text())
+def _vectors(reference_data):
+    return json.loads((reference_data / "metric_vectors.json").read_text())
 
 
-def test_sentiment_metrics_reproduce_every_reference_value(shared_dir):
-    cases = _vectors(shared_dir)["sentiment"]
+def test_sentiment_metrics_reproduce_every_reference_value(reference_data):
+    cases = _vectors(reference_data)["sentiment"]
     assert len(cases) == 3
     for case in cases:
         metrics = sentiment_metrics(np.array(case["pred"]), np.array(case["truth"]))
@@ -35,8 +35,8 @@ def test_sentiment_metrics_reproduce_every_reference_value(shared_dir):
                                           abs=1e-9), (case["name"], key)
 
 
-def test_emotion_metrics_reproduce_every_reference_value(shared_dir):
-    for case in _vectors(shared_dir)["emotion"]:
+def test_emotion_metrics_reproduce_every_reference_value(reference_data):
+    for case in _vectors(reference_data)["emotion"]:
         metrics = emotion_metrics(
             np.array(case["logits"]), np.array(case["truth"]), tuple(case["emotions"])
         )

@@ -23,6 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
+from tuning.cluster_options import add_cluster_arguments
 from tuning.space import load_space, trial_overrides
 from tuning.tables import console as table_console
 from tuning.tables import metric_mode
@@ -67,8 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     search = parser.add_argument_group("search")
     search.add_argument("--space", help="JSON/YAML file laid over the default space")
     search.add_argument("--num-samples", type=int, default=8, help="trials (default 8)")
-    search.add_argument("--max-concurrent", type=int, default=2,
-                        help="trials at once (default 2)")
     search.add_argument("--epochs", type=int, default=8, help="epochs per trial (default 8)")
     search.add_argument("--metric", default="valid_MAE",
                         help="validation metric to optimise (default valid_MAE; e.g. "
@@ -78,17 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--grace-period", type=int, default=2,
                         help="epochs before ASHA may stop a trial (default 2)")
     search.add_argument("--seed", type=int, default=0, help="Optuna's seed and the trials'")
-    cluster = parser.add_argument_group("cluster and storage")
-    cluster.add_argument("--address", help="a running Ray cluster (default: $RAY_ADDRESS, "
-                         "else a local Ray on 127.0.0.1)")
-    cluster.add_argument("--workers-per-trial", type=int, default=1)
-    cluster.add_argument("--cpus-per-worker", type=float,
-                         help="default: the cluster's CPUs shared by the concurrent trials")
-    cluster.add_argument("--gpus-per-worker", type=float,
-                         help="e.g. 0.25 packs four trials on a GPU (default: 0.25 when the "
-                         "cluster has GPUs, else 0)")
-    cluster.add_argument("--max-failures", type=int, default=2,
-                         help="restarts of a failed trial from its last checkpoint")
+    cluster = add_cluster_arguments(parser)
     cluster.add_argument("--storage", default="ray_results",
                          help="experiment storage: a folder or a URI such as s3://bucket/x")
     cluster.add_argument("--name", help="experiment name (default: search-<time>)")
@@ -161,23 +150,6 @@ def plan_search(argv: Sequence[str] | None = None) -> Plan:
     return Plan(args, dataset, base, space, args.metric, mode, experiment)
 
 
-def _resources(args: argparse.Namespace, cpus: float, gpus: float):
-    from tuning.trials import TRIAL_CPU, Resources
-
-    gpus_per_worker = args.gpus_per_worker
-    if gpus_per_worker is None:
-        gpus_per_worker = 0.25 if gpus > 0 else 0.0
-    if gpus_per_worker > 0 and gpus == 0:
-        raise UcrnError(f"--gpus-per-worker {gpus_per_worker}: the cluster has no GPU")
-    cpus_per_worker = args.cpus_per_worker
-    if cpus_per_worker is None:
-        free = cpus - TRIAL_CPU * args.max_concurrent
-        cpus_per_worker = min(4.0, free / (args.max_concurrent * args.workers_per_trial))
-        cpus_per_worker = max(0.1, round(cpus_per_worker, 2))
-    return Resources(args.workers_per_trial, cpus_per_worker, gpus_per_worker,
-                     args.max_failures)
-
-
 def _write_text(experiment: str, name: str, text: str) -> None:
     if _is_uri(experiment):
         import pyarrow.fs
@@ -213,11 +185,11 @@ def run_search(plan: Plan) -> dict[str, Any]:
 
     from tuning.space import to_tune
     from tuning.tables import LiveTrialTable, rich_table, trial_rows
-    from tuning.trials import best_checkpoint_state, make_trainable
+    from tuning.trials import best_checkpoint_state, make_trainable, resources_for
 
     where = session.dashboard_url or "(no dashboard URL)"
     console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard {where}")
-    resources = _resources(args, session.cpus, session.gpus)
+    resources = resources_for(args, session)
     console.print(
         f"{'resuming' if args.resume else 'search'} {plan.experiment}: {args.num_samples} "
         f"trials × {args.epochs} epochs, {args.max_concurrent} at once, {resources.workers} "
@@ -226,7 +198,9 @@ def run_search(plan: Plan) -> dict[str, Any]:
     )
 
     data_ref = ray.put(plan.dataset)
-    trainable = make_trainable(plan.base, data_ref, resources, f"{plan.experiment}/train")
+    base = plan.base
+    trainable = make_trainable(base, data_ref, resources, f"{plan.experiment}/train",
+                               overrides_of=lambda trial: trial_overrides(trial, base))
     searched = [key for key, entry in plan.space.items() if isinstance(entry, dict)]
     live = LiveTrialTable(plan.metric, searched, args.epochs)
     storage, name = plan.experiment.rsplit("/", 1)
@@ -311,4 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run from the imported module, so that Ray pickles this file's functions and classes
+    # by reference (by value, they would drag this script's globals along).
+    from tuning.search import main as module_main
+
+    sys.exit(module_main())

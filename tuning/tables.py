@@ -139,3 +139,78 @@ class LiveTrialTable(Callback):
         if self._live is not None:
             self._live.stop()
             self._live = None
+
+
+# ------------------------------------------------------------------- evaluator tables
+
+
+def mean_std(values: pd.Series) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for one seed), NaNs left out."""
+    values = values.dropna()
+    if values.empty:
+        return float("nan"), float("nan")
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
+def summary_table(per_seed: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Rows: metrics; columns: mean, std, seeds — from one row per seed."""
+    rows = []
+    for metric in metrics:
+        mean, std = mean_std(per_seed[metric])
+        rows.append({"metric": metric, "mean": mean, "std": std,
+                     "seeds": int(per_seed[metric].notna().sum())})
+    return pd.DataFrame(rows)
+
+
+def condition_table(per_condition: pd.DataFrame, metrics: list[str], drop) -> pd.DataFrame:
+    """Rows: conditions; for each metric its mean and std over seeds, and the mean and std of
+    the per-seed percentage drop against the unperturbed model (``drop(metric, full, x)``).
+
+    ``per_condition`` has one row per (seed, condition), with a ``full_<metric>`` column
+    holding the same seed's unperturbed score.
+    """
+    rows = []
+    for condition, group in per_condition.groupby("condition", sort=False):
+        row: dict[str, Any] = {"condition": condition, "seeds": len(group)}
+        for metric in metrics:
+            row[f"{metric} mean"], row[f"{metric} std"] = mean_std(group[metric])
+            drops = pd.Series([drop(metric, f, x) for f, x in
+                               zip(group[f"full_{metric}"], group[metric], strict=True)])
+            row[f"{metric} drop % mean"], row[f"{metric} drop % std"] = mean_std(drops)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plus_minus(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """For reading: each ``X mean`` / ``X std`` column pair (or ``mean`` / ``std``) becomes
+    one ``X`` column of ``mean ± std`` strings."""
+    shown = pd.DataFrame(index=frame.index)
+    columns = list(frame.columns)
+    for column in columns:
+        if column.endswith("std") and column[:-3] + "mean" in columns:
+            continue
+        if column.endswith("mean") and column[:-4] + "std" in columns:
+            std_column = column[:-4] + "std"
+            label = column[:-4].strip() or "mean ± std"
+            shown[label] = [
+                "—" if pd.isna(m) else f"{m:.{digits}f}" if pd.isna(s) else
+                f"{m:.{digits}f} ± {s:.{digits}f}"
+                for m, s in zip(frame[column], frame[std_column], strict=True)]
+        else:
+            shown[column] = frame[column]
+    return shown
+
+
+def markdown(frame: pd.DataFrame, digits: int = 4) -> str:
+    """A DataFrame as a GitHub Markdown table (no extra dependency)."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "—" if math.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" if not pd.api.types.is_numeric_dtype(frame[c]) else "---:"
+                          for c in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])

@@ -4,7 +4,8 @@ Ray 2.60's Train V2 is driven from a Tune function trainable: the function build
 trainer, ``TuneReportCallback`` forwards each epoch's metrics (and the checkpoint's path, as
 the ``checkpoint_path`` metric) to Tune. The Train run is named after the trial, so a
 restarted trial (after a failure, or after ``--resume``) continues from its last checkpoint.
-The search and the evaluator both build their trials here.
+The search and the evaluator both build their trials here; they differ in how a trial's
+config becomes ``ucrn`` overrides.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
-from tuning.space import trial_overrides
 from tuning.workers import read_checkpoint, train_worker
 from ucrn.config import Config, apply_overrides
+from ucrn.errors import UcrnError
 
 TRIAL_CPU = 0.1  # the trial function only waits on its trainer (0 is refused by Ray)
 
@@ -40,14 +41,43 @@ class Resources:
         return max(1, round(self.cpus_per_worker))
 
 
+def resources_for(args, session) -> Resources:
+    """Per-worker resources from the cluster options and what the cluster has.
+
+    By default the CPUs are shared by the concurrent trials' workers (at most 4 each), and a
+    cluster with GPUs gives each worker a quarter of one: UCRN is small.
+    """
+    gpus_per_worker = args.gpus_per_worker
+    if gpus_per_worker is None:
+        gpus_per_worker = 0.25 if session.gpus > 0 else 0.0
+    if gpus_per_worker > 0 and session.gpus == 0:
+        raise UcrnError(f"--gpus-per-worker {gpus_per_worker}: the cluster has no GPU")
+    cpus_per_worker = args.cpus_per_worker
+    if cpus_per_worker is None:
+        free = session.cpus - TRIAL_CPU * args.max_concurrent
+        cpus_per_worker = min(4.0, free / (args.max_concurrent * args.workers_per_trial))
+        cpus_per_worker = max(0.1, round(cpus_per_worker, 2))
+    return Resources(args.workers_per_trial, cpus_per_worker, gpus_per_worker,
+                     args.max_failures)
+
+
 def make_trainable(
-    base: Config, data_ref: ray.ObjectRef, resources: Resources, train_storage: str
+    base: Config,
+    data_ref: ray.ObjectRef,
+    resources: Resources,
+    train_storage: str,
+    overrides_of: Callable[[dict[str, Any]], dict[str, Any]],
+    run_name_of: Callable[[dict[str, Any], str], str] = lambda config, trial: f"train-{trial}",
 ) -> Callable:
-    """The Tune function trainable: trial config (sampled values) → one Train run."""
+    """The Tune function trainable: trial config → ``ucrn`` overrides → one Train run.
+
+    ``run_name_of(trial_config, trial_id)`` names the Train run; a run started again under
+    the same name (and storage) continues from its last checkpoint.
+    """
     holder = [data_ref]  # in a list, so that Ray passes the reference, not the data
 
     def run_trial(trial_config: dict[str, Any]) -> None:
-        config = apply_overrides(base, trial_overrides(trial_config, base))
+        config = apply_overrides(base, overrides_of(trial_config))
         trial_id = tune.get_context().get_trial_id()
         use_gpu = resources.gpus_per_worker > 0
         per_worker = {"CPU": resources.cpus_per_worker}
@@ -61,7 +91,7 @@ def make_trainable(
                 num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker,
             ),
             run_config=ray.train.RunConfig(
-                name=f"train-{trial_id}", storage_path=train_storage,
+                name=run_name_of(trial_config, trial_id), storage_path=train_storage,
                 callbacks=[TuneReportCallback()],
                 failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +66,27 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             return model
         return ray.train.torch.prepare_model(model, move_to_device=False)  # DDP
 
-    def on_epoch(result: EpochResult, checkpoint) -> None:
-        _fail_once(result.epoch)
-        metrics = {**epoch_metrics(result), "node_id": node_id}
+    reported = []
+
+    def report(metrics: dict[str, Any], state: Callable[[], dict]) -> None:
+        reported.append(metrics["epoch"])
         if rank != 0:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(checkpoint(), Path(folder) / CHECKPOINT_FILE)
+            torch.save(state(), Path(folder) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def on_epoch(result: EpochResult, checkpoint: Callable[[], dict]) -> None:
+        _fail_once(result.epoch)
+        report({**epoch_metrics(result), "node_id": node_id}, checkpoint)
 
     fit(config, dataset, device=device, score_test=False, on_epoch=on_epoch, resume=resume,
         rank=rank, world_size=world_size, wrap_model=wrap)
+    if resume is not None and not reported:
+        # Restarted after its last epoch (e.g. a rerun of a finished run): nothing was
+        # trained, so report the final state again for whoever waits on it.
+        progress = resume["progress"]
+        last = {**progress["history"][-1], "best_epoch": progress["best_epoch"],
+                "epoch_seconds": 0.0, "node_id": node_id}
+        report(last, lambda: resume)

@@ -1,0 +1,148 @@
+"""``python tuning/evaluate.py``: seed reruns on Ray, persisted per run, and the paper's tables."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import small_arrays
+
+from ucrn.config import Config, apply_overrides
+from ucrn.data.layout import write_dataset
+
+FAST = ["--epochs", "2", "--set", "urm_layers=1", "--set", "crm_layers=1", "--set",
+        "width=12"]
+
+
+def _evaluate(*args: str) -> int:
+    from tuning.evaluate import main
+
+    return main(list(args))
+
+
+def _fails_before_ray(capsys, *args) -> str:
+    import ray
+
+    was_running = ray.is_initialized()
+    assert _evaluate(*args) == 2
+    assert ray.is_initialized() == was_running
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("evaluate: error: "), err
+    return err[0]
+
+
+def test_zero_seeds_fail_before_ray(capsys, tiny_mosi, tmp_path):
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--seeds", "0",
+                             "--out", str(tmp_path))
+    assert "--seeds 0" in line
+
+
+def test_an_unknown_baseline_metric_fails_before_ray(capsys, tiny_mosi, tmp_path):
+    baselines = tmp_path / "baselines.csv"
+    baselines.write_text("method,dataset,metric,value\nMulT,mosi,Acc_2_magic,0.8\n")
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--baselines",
+                             str(baselines), "--out", str(tmp_path / "out"))
+    assert "unknown metric(s) Acc_2_magic" in line
+
+
+def test_a_config_for_another_modality_set_fails_before_ray(capsys, tmp_path):
+    splits = {s: small_arrays(seed=i) for i, s in enumerate(("train", "valid", "test"))}
+    for arrays in splits.values():
+        arrays.pop("v")
+    data = write_dataset(tmp_path / "la.h5", splits, name="la")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": {"modalities": ["l", "a", "v"]}}))
+    line = _fails_before_ray(capsys, "--config", str(config), "--data", str(data),
+                             "--out", str(tmp_path / "out"))
+    assert "modality v" in line
+
+
+def test_a_config_for_other_feature_sizes_fails_before_ray(capsys, tiny_mosi, tmp_path):
+    config = tmp_path / "best.json"
+    apply_overrides(Config(), {"input_dims": '{"l": 300, "a": 74, "v": 35}'}).save(config)
+    line = _fails_before_ray(capsys, "--config", str(config), "--data", str(tiny_mosi),
+                             "--out", str(tmp_path / "out"))
+    assert "made for 74 a features" in line and "has 5" in line
+
+
+def test_an_unknown_ablation_fails_before_ray(capsys, tiny_mosi, tmp_path):
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--ablations", "no_magic",
+                             "--out", str(tmp_path))
+    assert "unknown 'no_magic'" in line
+
+
+def _mean_std(values):
+    values = np.asarray(values, dtype=float)
+    return values.mean(), values.std(ddof=1)
+
+
+@pytest.mark.slow
+def test_evaluation_end_to_end_tables_agree_with_the_per_seed_files(ray_session, tiny_mosi,
+                                                                   tmp_path):
+    out = tmp_path / "evaluation"
+    assert _evaluate("--data", str(tiny_mosi), "--seeds", "2", "--ablations", "no_crm",
+                     *FAST, "--out", str(out)) == 0
+    runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    assert set(runs) == {"full-seed0", "full-seed1", "no_crm-seed0", "no_crm-seed1"}
+    full = [runs["full-seed0"], runs["full-seed1"]]
+
+    main = pd.read_csv(out / "main.csv").set_index("metric")
+    for metric in ("MAE", "Corr", "Non0_acc_2", "Acc_7"):
+        mean, std = _mean_std([r["test"][metric] for r in full])
+        assert main.loc[metric, "mean"] == pytest.approx(mean)
+        assert main.loc[metric, "std"] == pytest.approx(std)
+
+    missing = pd.read_csv(out / "missing_modality.csv").set_index("condition")
+    expected = {f"{kind} {subset}" for kind in ("masked", "dropped")
+                for subset in ("L+A", "L+V", "A+V", "L", "A", "V")}
+    assert set(missing.index) == expected
+    scores = [r["conditions"]["masked L+V"]["Non0_acc_2"] for r in full]
+    assert missing.loc["masked L+V", "Non0_acc_2 mean"] == pytest.approx(np.mean(scores))
+    drops = [100 * (r["test"]["Non0_acc_2"] - r["conditions"]["masked L+V"]["Non0_acc_2"])
+             / r["test"]["Non0_acc_2"] for r in full]
+    assert missing.loc["masked L+V", "Non0_acc_2 drop % mean"] == pytest.approx(
+        np.mean(drops))
+    mae_drops = [100 * (r["conditions"]["dropped A"]["MAE"] - r["test"]["MAE"])
+                 / r["test"]["MAE"] for r in full]
+    assert missing.loc["dropped A", "MAE drop % mean"] == pytest.approx(np.mean(mae_drops))
+
+    noise = pd.read_csv(out / "noise.csv")
+    assert list(noise["condition"]) == ["noise L", "noise A", "noise V", "noise L+A+V"]
+
+    ablation = pd.read_csv(out / "ablation.csv").set_index("model")
+    assert list(ablation.index) == ["UCRN", "UCRN w/o CRM"]
+    mean, std = _mean_std([runs[f"no_crm-seed{s}"]["test"]["MAE"] for s in (0, 1)])
+    assert ablation.loc["UCRN w/o CRM", "MAE mean"] == pytest.approx(mean)
+    assert ablation.loc["UCRN w/o CRM", "MAE std"] == pytest.approx(std)
+
+    parameters = pd.read_csv(out / "parameters.csv")
+    assert len(parameters) == 4 and (parameters["parameters"] > 0).all()
+    assert parameters["parameters"][0] == full[0]["params"]
+
+    rpi = pd.read_csv(out / "rpi.csv")
+    mult = rpi[(rpi["baseline"] == "MulT") & (rpi["metric"] == "MAE")].iloc[0]
+    mean, std = _mean_std([r["test"]["MAE"] for r in full])
+    assert mult["RPI"] == pytest.approx(abs(mean - 0.87) / std)
+    std_table = pd.read_csv(out / "std.csv")
+    assert std_table.iloc[0]["MAE"] == pytest.approx(_mean_std([r["test"]["MAE"]
+                                                                 for r in full])[1])
+
+    report = (out / "REPORT.md").read_text()
+    for heading in ("## Main", "## Missing modality", "## Noise", "## Ablation",
+                    "## Parameters", "## Standard deviations", "## Relative performance"):
+        assert heading in report
+    for figure in ("per_seed.png", "robustness.png"):
+        assert (out / figure).stat().st_size > 1000 and f"({figure})" in report
+
+    # A rerun skips finished runs; a lost run is redone alone.
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    (out / "runs" / "no_crm-seed1.json").unlink()
+    assert _evaluate("--data", str(tiny_mosi), "--seeds", "2", "--ablations", "no_crm",
+                     *FAST, "--out", str(out)) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    assert set(after) == set(before)
+    assert all(after[name] == before[name] for name in after if name != "no_crm-seed1.json")
+    assert not math.isnan(pd.read_csv(out / "ablation.csv")["MAE std"][1])

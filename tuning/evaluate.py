@@ -1,0 +1,485 @@
+"""``python tuning/evaluate.py``: rerun a configuration over seeds on Ray, write the paper's tables.
+
+Every (variant, seed) run is one trial of one Ray Tune experiment, trained by Ray Train
+workers with the search's worker loop: it trains on train, selects its checkpoint on valid
+and is scored on test once — under every robustness condition for the full model. Each
+run's results are written to ``OUT/runs/<variant>-seed<k>.json`` as soon as it finishes; a
+rerun with the same ``--out`` skips finished runs and continues unfinished ones from their
+last checkpoint. Then ``OUT`` receives the tables (CSV), figures (PNG) and ``REPORT.md``:
+
+- main: mean ± std over seeds of every test metric (paper App. A);
+- missing modality (Table 4): masked and dropped modalities, metric and % drop;
+- noise (Table 5): Bernoulli noise p on each modality and on all, metric and % drop;
+- ablation (Table 6): without URM, SQIL, MJS (λm = 0), CRM;
+- parameters (Table 7), standard deviations (Table 8), RPI against baselines (Table 9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray.tune import Callback
+from rich.console import Console
+
+from tuning.cluster_options import add_cluster_arguments
+from tuning.tables import (
+    condition_table,
+    markdown,
+    mean_std,
+    plus_minus,
+    rich_table,
+    summary_table,
+)
+from tuning.tables import console as table_console
+from ucrn.config import ABLATIONS, Config, apply_overrides, load_config, parse_set_options
+from ucrn.data.layout import Dataset, load_dataset
+from ucrn.data.synthetic import ensure_default_data
+from ucrn.engine import prepare_config
+from ucrn.errors import UcrnError, exit_status
+from ucrn.metrics import LOWER_IS_BETTER
+from ucrn.model import UCRN, count_parameters
+from ucrn.robustness import drop_percent, score_conditions
+from ucrn.tasks import metric_names
+
+console = Console(stderr=True)
+FULL = "full"
+DEFAULT_BASELINES = Path(__file__).resolve().parent / "baselines" / "paper.csv"
+PAPER_PARAMETERS = {"trimodal": 422_401, "bimodal": 211_681}
+# The metrics the robustness, ablation and standard-deviation tables show, per task.
+HEADLINE = {
+    "regression": ["Non0_acc_2", "Has0_acc_2", "Non0_F1", "Acc_7", "MAE", "Corr"],
+    "binary": ["Acc_2", "F1"],
+    "seven_class": ["Acc_7", "F1", "MAE", "Corr"],
+    "emotions": ["mean_acc", "mean_f1", "mean_wa"],
+}
+
+
+@dataclass
+class Plan:
+    args: argparse.Namespace
+    dataset: Dataset
+    base: Config
+    variants: list[str]
+    seeds: list[int]
+    out: Path
+    baselines: pd.DataFrame
+    dataset_name: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python tuning/evaluate.py",
+        description="Rerun a UCRN configuration over seeds (and ablations) on Ray and write "
+        "the paper's tables: mean ± std, missing modality, noise, ablation, parameters, "
+        "standard deviations, RPI.",
+    )
+    parser.add_argument("--config", help="best.json of a search, or any config ucrn train "
+                        "takes (default: the paper's defaults)")
+    parser.add_argument("--data", help="an .h5 data file (default: the embedded synthetic "
+                        "MOSI)")
+    parser.add_argument("--seeds", type=int, default=10, help="runs per variant (default 10)")
+    parser.add_argument("--ablations", default=",".join(ABLATIONS),
+                        help=f"comma list of {', '.join(ABLATIONS)}, or none (default: all)")
+    parser.add_argument("--epochs", type=int, help="override the config's epochs")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a setting for every run")
+    parser.add_argument("--noise", type=float, default=0.5,
+                        help="Bernoulli noise probability for Table 5 (default 0.5)")
+    parser.add_argument("--baselines", default=str(DEFAULT_BASELINES),
+                        help="CSV of method,dataset,metric,value[,source] (default: the "
+                        "paper's Tables 1–3)")
+    parser.add_argument("--dataset", help="which baselines to compare with: mosi, mosei, "
+                        "tbje-mosei (default: from the data file's name)")
+    parser.add_argument("--out", help="output folder (default: evaluations/<config name>)")
+    add_cluster_arguments(parser)
+    return parser
+
+
+def _read_baselines(path: str, task: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise UcrnError(f"--baselines {path} does not exist")
+    try:
+        frame = pd.read_csv(path)
+    except Exception as error:  # noqa: BLE001 - pandas raises many kinds
+        raise UcrnError(f"--baselines {path} cannot be read as CSV: {error}") from None
+    missing = {"method", "dataset", "metric", "value"} - set(frame.columns)
+    if missing:
+        raise UcrnError(f"--baselines {path} lacks the column(s) {', '.join(sorted(missing))}")
+    known = {name for other in HEADLINE for name in metric_names(other)}
+    unknown = sorted(set(frame["metric"]) - known)
+    if unknown:
+        raise UcrnError(f"--baselines {path}: unknown metric(s) {', '.join(unknown)}; use the "
+                        "names of ucrn's metrics, e.g. Non0_acc_2, Acc_7, MAE, mean_acc")
+    if not pd.api.types.is_numeric_dtype(frame["value"]):
+        raise UcrnError(f"--baselines {path}: column 'value' must hold numbers")
+    return frame
+
+
+def _check_feature_sizes(config_path: Path, dataset: Dataset) -> None:
+    """A config that names its feature sizes (as a search's best.json does) must match."""
+    recorded = json.loads(config_path.read_text()).get("model", {}).get("input_dims") or {}
+    for modality, size in recorded.items():
+        found = dataset.input_dims.get(modality)
+        if found is not None and found != size:
+            raise UcrnError(
+                f"{config_path} was made for {size} {modality} features but {dataset.path} "
+                f"has {found}; evaluate on data of the same features, or delete input_dims "
+                "from the config to train on these"
+            )
+
+
+def plan_evaluation(argv: Sequence[str] | None = None) -> Plan:
+    """Parse and check every input; nothing here starts Ray."""
+    args = build_parser().parse_args(argv)
+    if args.seeds < 1:
+        raise UcrnError(f"--seeds {args.seeds}: give at least 1")
+    if args.max_concurrent < 1:
+        raise UcrnError("--max-concurrent must be at least 1")
+    if not 0.0 <= args.noise <= 1.0:
+        raise UcrnError(f"--noise {args.noise}: a probability in [0, 1]")
+    variants = [FULL]
+    if args.ablations.strip().lower() != "none":
+        for name in filter(None, (a.strip() for a in args.ablations.split(","))):
+            if name not in ABLATIONS:
+                raise UcrnError(f"--ablations: unknown {name!r}; choose from "
+                                f"{', '.join(ABLATIONS)} or none")
+            variants.append(name)
+    overrides: dict[str, Any] = parse_set_options(args.set or [])
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    base = apply_overrides(load_config(args.config) if args.config else Config(), overrides)
+    data_path = Path(args.data) if args.data else ensure_default_data()
+    dataset = load_dataset(data_path)
+    prepared = prepare_config(base, dataset)
+    if args.config:
+        _check_feature_sizes(Path(args.config), dataset)
+    base = prepared
+    baselines = _read_baselines(args.baselines, base.model.task)
+    dataset_name = args.dataset or next(
+        (name for name in ("tbje-mosei", "mosei", "mosi") if name in dataset.name.lower()),
+        dataset.name)
+    name = Path(args.config).stem if args.config else "defaults"
+    out = Path(args.out or f"evaluations/{name}").resolve()
+    return Plan(args, dataset, base, variants, list(range(args.seeds)), out, baselines,
+                dataset_name)
+
+
+# ---------------------------------------------------------------------------------- runs
+
+
+def run_key(variant: str, seed: int) -> str:
+    return f"{variant}-seed{seed}"
+
+
+def run_overrides(variant: str, seed: int) -> dict[str, Any]:
+    """What a (variant, seed) run changes in the base config."""
+    return {"seed": seed, **ABLATIONS.get(variant, {})}
+
+
+def finished_runs(out: Path) -> dict[str, dict]:
+    """The per-run records already written to ``out/runs``."""
+    records = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        records[run_key(record["variant"], record["seed"])] = record
+    return records
+
+
+def record_run(plan: Plan, variant: str, seed: int, state: dict) -> dict:
+    """Score a finished run's selected checkpoint on test (once per condition), save it."""
+    config = apply_overrides(plan.base, run_overrides(variant, seed))
+    model = UCRN(config.model)
+    model.load_state_dict(state["progress"]["best_state"])
+    progress = state["progress"]
+    best = progress["history"][progress["best_epoch"] - 1]
+    valid = {k.removeprefix("valid_"): v for k, v in best.items() if k.startswith("valid_")}
+    conditions = score_conditions(model, plan.dataset, config, perturb=variant == FULL,
+                                  noise=plan.args.noise, noise_seed=seed, device="cpu")
+    record = {
+        "variant": variant, "seed": seed, "best_epoch": progress["best_epoch"],
+        "epochs": progress["epoch"], "params": count_parameters(model), "valid": valid,
+        "test": conditions["full"], "conditions": conditions, "config": config.to_dict(),
+    }
+    runs = plan.out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    temporary = runs / f".{run_key(variant, seed)}.json.part"
+    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    temporary.replace(runs / f"{run_key(variant, seed)}.json")
+    return record
+
+
+class RecordRuns(Callback):
+    """Records each run as soon as its trial ends (in the driver, which holds the data)."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.failed: list[str] = []
+
+    def __getstate__(self) -> dict:  # the data stay out of Tune's experiment state
+        return {"plan": None, "failed": self.failed}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        from tuning.trials import best_checkpoint_state
+
+        variant, seed = trial.config["run"]["variant"], trial.config["run"]["seed"]
+        try:
+            record_run(self.plan, variant, seed, best_checkpoint_state(trial.last_result))
+            console.print(f"  finished {run_key(variant, seed)}")
+        except Exception as error:  # noqa: BLE001 - noted; the other runs go on
+            self.failed.append(f"{run_key(variant, seed)}: {error}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run = trial.config["run"]
+        self.failed.append(f"{run_key(run['variant'], run['seed'])}: training failed")
+
+
+def run_pending(plan: Plan, pending: list[tuple[str, int]]) -> None:
+    """Train the pending runs as one Tune experiment; record each as soon as it ends."""
+    from tuning.ray_start import start_ray
+
+    session = start_ray(plan.args.address)
+    import ray
+    from ray import tune
+
+    from tuning.trials import make_trainable, resources_for
+
+    resources = resources_for(plan.args, session)
+    console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard "
+                  f"{session.dashboard_url or '—'} · {len(pending)} runs, "
+                  f"{plan.args.max_concurrent} at once")
+    base = plan.base
+    trainable = make_trainable(
+        base, ray.put(plan.dataset), resources, str(plan.out / "ray" / "train"),
+        overrides_of=lambda trial: run_overrides(trial["run"]["variant"], trial["run"]["seed"]),
+        run_name_of=lambda trial, _: run_key(trial["run"]["variant"], trial["run"]["seed"]),
+    )
+    recorder = RecordRuns(plan)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"run": tune.grid_search(
+            [{"variant": variant, "seed": seed} for variant, seed in pending])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=plan.args.max_concurrent),
+        run_config=tune.RunConfig(
+            name=time.strftime("evaluate-%Y%m%d-%H%M%S"), storage_path=str(plan.out / "ray"),
+            callbacks=[recorder], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=plan.args.max_failures),
+        ),
+    )
+    tuner.fit()
+    if recorder.failed:
+        raise UcrnError(f"{len(recorder.failed)} run(s) did not finish "
+                        f"({'; '.join(recorder.failed)}); rerun the same command to retry them")
+
+
+# -------------------------------------------------------------------------------- tables
+
+
+def build_tables(plan: Plan, records: dict[str, dict]) -> dict[str, pd.DataFrame]:
+    """Every table of the report, from the per-run records."""
+    task = plan.base.model.task
+    metrics = [m for m in metric_names(task) if m != "loss"]
+    headline = HEADLINE[task]
+    full_runs = [r for r in records.values() if r["variant"] == FULL]
+    per_seed = pd.DataFrame([{"variant": r["variant"], "seed": r["seed"], **r["test"]}
+                             for r in sorted(records.values(),
+                                             key=lambda r: (r["variant"], r["seed"]))])
+    tables: dict[str, pd.DataFrame] = {"per_seed": per_seed}
+    tables["main"] = summary_table(per_seed[per_seed["variant"] == FULL], metrics)
+
+    rows = []
+    for record in full_runs:
+        full = record["conditions"]["full"]
+        for condition, scores in record["conditions"].items():
+            if condition == "full":
+                continue
+            rows.append({"condition": condition, "seed": record["seed"], **scores,
+                         **{f"full_{m}": full[m] for m in headline}})
+    per_condition = pd.DataFrame(rows)
+    for name, kinds in (("missing_modality", ("masked", "dropped")), ("noise", ("noise",))):
+        chosen = per_condition[per_condition["condition"].str.split(" ").str[0].isin(kinds)] \
+            if not per_condition.empty else per_condition
+        tables[name] = condition_table(chosen, headline, drop_percent) if not chosen.empty \
+            else pd.DataFrame()
+
+    ablation_rows = []
+    for variant in plan.variants:
+        group = per_seed[per_seed["variant"] == variant]
+        row: dict[str, Any] = {"model": "UCRN" if variant == FULL else
+                               f"UCRN w/o {variant.removeprefix('no_').upper()}",
+                               "seeds": len(group)}
+        for metric in headline:
+            row[f"{metric} mean"], row[f"{metric} std"] = mean_std(group[metric])
+        ablation_rows.append(row)
+    tables["ablation"] = pd.DataFrame(ablation_rows)
+    tables["parameters"] = parameter_table(plan)
+    tables["std"] = std_table(tables, headline)
+    tables["rpi"] = rpi_table(plan, tables["main"])
+    return tables
+
+
+def parameter_table(plan: Plan) -> pd.DataFrame:
+    """Table 7: our counts for the evaluated config, trimodal and every bimodal pair."""
+    dims = plan.dataset.input_dims
+    rows = []
+    modalities = plan.base.model.modalities
+    subsets = [modalities] + [tuple(m for m in modalities if m != left) for left in modalities
+                              if len(modalities) == 3]
+    for subset in subsets:
+        config = apply_overrides(plan.base, {"modalities": ",".join(subset),
+                                             "input_dims": json.dumps(dims)})
+        kind = {3: "trimodal", 2: "bimodal", 1: "unimodal"}[len(subset)]
+        rows.append({"model": f"UCRN {kind} {'+'.join(m.upper() for m in subset)}",
+                     "parameters": count_parameters(UCRN(config.model)),
+                     "paper (Table 7)": PAPER_PARAMETERS.get(kind, float("nan"))})
+    return pd.DataFrame(rows)
+
+
+def std_table(tables: dict[str, pd.DataFrame], headline: list[str]) -> pd.DataFrame:
+    """Table 8: the standard deviation over seeds of each headline metric, per table row."""
+    rows = [{"table": "main", "row": "UCRN", **{
+        m: tables["main"].set_index("metric").loc[m, "std"] for m in headline}}]
+    for name in ("missing_modality", "noise"):
+        for _, row in tables[name].iterrows():
+            rows.append({"table": name, "row": row["condition"],
+                         **{m: row[f"{m} std"] for m in headline}})
+    for _, row in tables["ablation"].iterrows():
+        if row["model"] != "UCRN":
+            rows.append({"table": "ablation", "row": row["model"],
+                         **{m: row[f"{m} std"] for m in headline}})
+    return pd.DataFrame(rows)
+
+
+def rpi_table(plan: Plan, main: pd.DataFrame) -> pd.DataFrame:
+    """Table 9: |our mean − baseline| / our std, for the baselines of this dataset."""
+    ours = main.set_index("metric")
+    rows = []
+    chosen = plan.baselines[plan.baselines["dataset"] == plan.dataset_name]
+    for _, baseline in chosen.iterrows():
+        metric = baseline["metric"]
+        if metric not in ours.index:
+            continue
+        mean, std = ours.loc[metric, "mean"], ours.loc[metric, "std"]
+        better = (mean < baseline["value"]) if metric in LOWER_IS_BETTER else (
+            mean > baseline["value"])
+        rows.append({"baseline": baseline["method"], "metric": metric,
+                     "baseline value": float(baseline["value"]), "our mean": mean,
+                     "our std": std, "RPI": abs(mean - baseline["value"]) / std if std else
+                     float("nan"), "ours better": "yes" if better else "no",
+                     "source": baseline.get("source", "")})
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------------- report
+
+
+def write_report(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float) -> Path:
+    """CSV files, figures and REPORT.md in ``plan.out``."""
+    from tuning.figures import robustness_bars, seed_strip_plot
+
+    out = plan.out
+    for name, frame in tables.items():
+        frame.to_csv(out / f"{name}.csv", index=False)
+    headline = HEADLINE[plan.base.model.task]
+    figures = {
+        "per_seed.png": seed_strip_plot(tables["per_seed"], headline, out / "per_seed.png"),
+        "robustness.png": robustness_bars(tables, headline[0], out / "robustness.png"),
+    }
+    seeds = int(tables["main"]["seeds"].max()) if not tables["main"].empty else 0
+    source = plan.dataset.source or "unknown"
+    lines = [
+        f"# UCRN evaluation: {plan.dataset.name}",
+        "",
+        f"Data: `{plan.dataset.path}` (source: {source}); config: "
+        f"`{plan.args.config or 'paper defaults'}`; {seeds} seeds per variant; variants: "
+        f"{', '.join(plan.variants)}; {seconds:.0f} s. Every run trained on train, chose its "
+        "checkpoint on valid and was scored on test once per condition. Means ± sample "
+        "standard deviations (ddof 1) over seeds.",
+        "",
+        "## Main: test metrics of the full model",
+        "", markdown(plus_minus(tables["main"])), "",
+        f"![per-seed test metrics]({figures['per_seed.png'].name})",
+        "",
+        "## Missing modality (paper Table 4)",
+        "",
+        "`masked X` keeps X and zeroes the others' features; `dropped X` keeps X and removes "
+        "the others. Drop % = (full − condition) / full × 100 per seed (for MAE, "
+        "(condition − full) / full), so a positive drop is always worse.",
+        "", markdown(plus_minus(tables["missing_modality"])), "",
+        f"![robustness drops]({figures['robustness.png'].name})",
+        "",
+        f"## Noise (paper Table 5), Bernoulli p = {plan.args.noise:g}",
+        "",
+        "Each feature value of the named modalities, at every valid time step, gets Gaussian "
+        "noise of that feature's standard deviation with probability p.",
+        "", markdown(plus_minus(tables["noise"])), "",
+        "## Ablation (paper Table 6)",
+        "", markdown(plus_minus(tables["ablation"])), "",
+        "## Parameters (paper Table 7)",
+        "", markdown(tables["parameters"], digits=0), "",
+        "## Standard deviations over seeds (paper Table 8)",
+        "", markdown(tables["std"]), "",
+        f"## Relative performance improvement (paper Table 9), dataset `{plan.dataset_name}`",
+        "",
+        "RPI = |our mean − baseline| / our std. Baselines from "
+        f"`{Path(plan.args.baselines).name}`; the paper's 2-class accuracy and F1 are read "
+        "as `Non0_acc_2` and `Non0_F1` (MulT's convention).",
+        "",
+        markdown(tables["rpi"]) if not tables["rpi"].empty else
+        "No baseline for this dataset and task.",
+        "",
+    ]
+    if source == "synthetic":
+        lines[1:1] = ["", "**These data are synthetic**: the numbers test the machinery, not "
+                      "the paper's claims, and the RPI against published baselines means "
+                      "nothing here."]
+    report = out / "REPORT.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def run_evaluation(plan: Plan) -> Path:
+    started = time.perf_counter()
+    plan.out.mkdir(parents=True, exist_ok=True)
+    done = finished_runs(plan.out)
+    wanted = [(variant, seed) for variant in plan.variants for seed in plan.seeds]
+    pending = [(v, s) for v, s in wanted if run_key(v, s) not in done]
+    console.print(f"evaluation {plan.out}: {len(wanted)} runs ({len(plan.variants)} variants "
+                  f"× {len(plan.seeds)} seeds), {len(wanted) - len(pending)} already done")
+    if pending:
+        run_pending(plan, pending)
+    done = finished_runs(plan.out)
+    records = {key: done[key] for key in (run_key(v, s) for v, s in wanted) if key in done}
+    tables = build_tables(plan, records)
+    report = write_report(plan, tables, time.perf_counter() - started)
+    out = table_console()
+    out.print(rich_table(plus_minus(tables["main"]), title="test metrics of the full model"))
+    for name in ("missing_modality", "noise", "ablation", "parameters", "rpi"):
+        if not tables[name].empty:
+            shown = plus_minus(tables[name])
+            if name in ("missing_modality", "noise"):  # the terminal shows drops only
+                shown = shown[["condition", *[c for c in shown.columns if "drop" in c]]]
+            out.print(rich_table(shown, title=name.replace("_", " ")))
+    out.print(f"wrote {report} and its tables and figures")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return exit_status(lambda: run_evaluation(plan_evaluation(argv)), "evaluate",
+                       "finished runs are kept; rerun the same command to continue")
+
+
+if __name__ == "__main__":
+    # Run from the imported module, so that Ray pickles this file's functions and classes
+    # by reference (by value, they would drag this script's globals along).
+    from tuning.evaluate import main as module_main
+
+    sys.exit(module_main())

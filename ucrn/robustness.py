@@ -1,0 +1,90 @@
+"""The robustness conditions of the paper's Tables 4 and 5, scored for one trained model.
+
+- ``masked`` (Table 4): the modalities not kept are zeroed; the model still receives them.
+- ``dropped``: the modalities not kept are removed; the model receives only the kept ones.
+- ``noise`` (Table 5): Bernoulli noise with probability p on the named modalities
+  (``ucrn.data.batches.bernoulli_noise``), all modalities present.
+
+Each condition is scored on one split; ``drop_percent`` turns scores into the paper's
+percentage drop relative to the unperturbed model.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from ucrn.config import Config
+from ucrn.data.batches import bernoulli_noise, drop_modalities, mask_modalities
+from ucrn.data.layout import Dataset
+from ucrn.engine import evaluate
+from ucrn.metrics import LOWER_IS_BETTER
+from ucrn.model import UCRN
+
+
+@dataclass(frozen=True)
+class Condition:
+    kind: str  # "full", "masked", "dropped" or "noise"
+    modalities: tuple[str, ...]  # kept (masked, dropped) or perturbed (noise)
+
+    @property
+    def name(self) -> str:
+        letters = "+".join(m.upper() for m in self.modalities)
+        return "full" if self.kind == "full" else f"{self.kind} {letters}"
+
+
+def conditions(modalities: tuple[str, ...], with_noise: bool = True) -> list[Condition]:
+    """The full model, every proper non-empty subset masked and dropped, noise per modality
+    and on all — for a model built on ``modalities``."""
+    subsets = [s for size in range(len(modalities) - 1, 0, -1)
+               for s in itertools.combinations(modalities, size)]
+    result = [Condition("full", modalities)]
+    result += [Condition("masked", s) for s in subsets]
+    result += [Condition("dropped", s) for s in subsets]
+    if with_noise:
+        result += [Condition("noise", (m,)) for m in modalities]
+        if len(modalities) > 1:
+            result.append(Condition("noise", modalities))
+    return result
+
+
+def score_conditions(
+    model: UCRN,
+    dataset: Dataset,
+    config: Config,
+    *,
+    split: str = "test",
+    perturb: bool = True,
+    noise: float = 0.5,
+    noise_seed: int = 0,
+    device: torch.device | str | None = None,
+) -> dict[str, dict[str, float]]:
+    """Metrics of ``model`` on ``split`` under every condition (only ``full`` without
+    ``perturb``), keyed by condition name."""
+    base = drop_modalities(dataset.split(split), config.model.modalities)
+    chosen = conditions(config.model.modalities)
+    scores = {}
+    for condition in chosen if perturb else chosen[:1]:
+        if condition.kind == "full":
+            perturbed = base
+        elif condition.kind == "masked":
+            others = [m for m in config.model.modalities if m not in condition.modalities]
+            perturbed = mask_modalities(base, others)
+        elif condition.kind == "dropped":
+            perturbed = drop_modalities(base, condition.modalities)
+        else:
+            perturbed = bernoulli_noise(base, noise, condition.modalities, seed=noise_seed)
+        scores[condition.name] = evaluate(model, perturbed, dataset, config, device=device)
+    return scores
+
+
+def drop_percent(metric: str, full: float, perturbed: float) -> float:
+    """The paper's robustness: (full − perturbed) / full × 100, so that worse is positive.
+
+    For metrics where lower is better (MAE), the sign is turned: (perturbed − full) / full.
+    """
+    change = (perturbed - full) if metric in LOWER_IS_BETTER else (full - perturbed)
+    return 100.0 * change / full if full else float("nan")
+
