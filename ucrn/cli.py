@@ -56,6 +56,22 @@ def command_synth(args: argparse.Namespace) -> None:
     _print_summary(path)
 
 
+def command_convert(args: argparse.Namespace) -> None:
+    from ucrn.data.convert import convert_pickle
+
+    started = time.perf_counter()
+    with console.status(f"converting {args.path} ({args.format}) to {args.output}"):
+        summary = convert_pickle(args.format, args.path, args.output, name=args.name)
+    console.print(f"wrote {summary['output']} in {time.perf_counter() - started:.1f} s")
+    for what, count in summary["cleaned"].items():
+        console.print(f"cleaned: {what} ({count:,} values)")
+    for what, count in summary["skipped"].items():
+        console.print(f"skipped: {what} ({count:,})")
+    for note in summary["notes"]:
+        console.print(f"note: {note}")
+    _print_summary(Path(args.output))
+
+
 def command_inspect(args: argparse.Namespace) -> None:
     _print_summary(Path(args.file))
 
@@ -86,6 +102,16 @@ def _print_summary(path: Path) -> None:
     stdout.print(table)
     if len(attrs["label_names"]) > 2:
         stdout.print(f"label columns: {', '.join(attrs['label_names'])}")
+    if "source_format" in attrs:  # a converted file: where it came from
+        files = json.loads(attrs["source_files"])
+        stdout.print(f"converted from {attrs['source_format']} on {attrs['converted_at']}:")
+        for source in files:
+            stdout.print(f"  {source['path']} (sha256 {source['sha256'][:16]}…)")
+        for key in ("cleaned", "skipped"):
+            for what, count in json.loads(attrs[key]).items():
+                stdout.print(f"  {key}: {what} ({count:,})")
+        for note in json.loads(attrs["notes"]):
+            stdout.print(f"  note: {note}")
 
 
 # ----------------------------------------------------------------------------------- train
@@ -212,7 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("-o", "--output", required=True, help="the .h5 file to write")
     synth.set_defaults(run=command_synth)
-    inspect = data_commands.add_parser("inspect", help="splits, shapes and label statistics")
+    convert = data_commands.add_parser(
+        "convert", help="convert MulT / MMSA pickles to our HDF5 layout")
+    convert.add_argument("format", choices=("mult-pkl", "mmsa-pkl"))
+    convert.add_argument("path", help="the pickle file")
+    convert.add_argument("-o", "--output", required=True, help="the .h5 file to write")
+    convert.add_argument("--name", help="data set name (default: the file's stem)")
+    convert.set_defaults(run=command_convert)
+    inspect = data_commands.add_parser(
+        "inspect", help="splits, shapes, label statistics and provenance")
     inspect.add_argument("file")
     inspect.set_defaults(run=command_inspect)
 

@@ -1,0 +1,329 @@
+"""Converters from the formats people have CMU-MOSI / CMU-MOSEI in, to our HDF5 layout.
+
+- ``mult-pkl``: MulT's ``mosi_data.pkl`` / ``mosei_senti_data.pkl`` (and ``*_noalign.pkl``):
+  ``{split: {"text", "audio", "vision": (N, T_m, d_m), "labels": (N, 1, 1), "id": (N, 3)}}``.
+  Audio ``-inf`` becomes 0, as MulT does (counted in the provenance).
+- ``mmsa-pkl``: MMSA's pickles: ``{split: {"text" | "text_bert", "audio", "vision",
+  "regression_labels", "id", ["audio_lengths", "vision_lengths"]}}``.
+- ``csd``: CMU-SDK computational sequences (see ``ucrn.data.csd``).
+
+Pickles can run code when loaded: they are read with an unpickler that allows only numpy
+arrays and plain containers. Everything read is validated; the output is written to a
+temporary file and renamed only when complete (``ucrn.data.layout``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ucrn import MODALITIES
+from ucrn.data.layout import SENTIMENT, SPLITS, create_dataset_file
+from ucrn.errors import UcrnError
+
+# The only globals a data pickle may name: numpy's array and scalar reconstruction and
+# plain containers. Anything else (os.system, builtins.eval, ...) is refused.
+ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+}
+SPLIT_NAMES = {"train": "train", "valid": "valid", "dev": "valid", "val": "valid",
+               "test": "test"}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and containers, and nothing that runs code."""
+
+    def __init__(self, file: io.BufferedReader, source: Path):
+        super().__init__(file, encoding="latin1")  # Python 2 pickles of numpy arrays
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise UcrnError(
+            f"{self.source}: refused to load {module}.{name} from this pickle; a data pickle "
+            "may hold only numpy arrays and plain containers (a pickle can run code when "
+            "loaded, so anything else is treated as unsafe)"
+        )
+
+
+def load_pickle(path: Path) -> Any:
+    """A pickle file read with ``RestrictedUnpickler``; clear errors for broken files."""
+    if not path.is_file():
+        raise UcrnError(f"{path} does not exist")
+    try:
+        with path.open("rb") as file:
+            return RestrictedUnpickler(file, path).load()
+    except UcrnError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            ImportError, IndexError, KeyError) as error:
+        raise UcrnError(f"{path} is not a readable pickle ({type(error).__name__}: "
+                        f"{error}); is the file complete?") from None
+
+
+@dataclass
+class SourceSplit:
+    """One split as read from a source, before writing."""
+
+    features: dict[str, np.ndarray]  # modality → (N, T_m, d_m) float32
+    lengths: dict[str, np.ndarray]  # modality → (N,) int, only where the source has them
+    labels: np.ndarray  # (N,) sentiment
+    ids: list[str]
+
+
+@dataclass
+class Provenance:
+    """Where a converted file came from and what was done to it (stored as attributes)."""
+
+    source_format: str
+    files: list[str]
+    cleaned: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def attrs(self, counts: dict[str, int]) -> dict[str, Any]:
+        return {
+            "source_format": self.source_format,
+            "source_files": json.dumps([{"path": f, "sha256": _sha256(Path(f))}
+                                        for f in self.files]),
+            "counts": json.dumps(counts), "cleaned": json.dumps(self.cleaned),
+            "skipped": json.dumps(self.skipped), "notes": json.dumps(self.notes),
+            "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------- checks
+
+
+def _array(where: str, key: str, value: Any, ndim: int) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise UcrnError(f"{where} key {key!r} is a {type(value).__name__}, not an array")
+    if value.ndim != ndim:
+        raise UcrnError(f"{where} key {key!r} has shape {value.shape}; expected {ndim} axes")
+    return value
+
+
+def _features(where: str, key: str, value: Any, count: int | None) -> np.ndarray:
+    array = _array(where, key, value, 3)
+    if not np.issubdtype(array.dtype, np.number):
+        raise UcrnError(f"{where} key {key!r} has dtype {array.dtype}; expected numbers")
+    if count is not None and array.shape[0] != count:
+        raise UcrnError(f"{where} key {key!r} has {array.shape[0]} samples but the labels "
+                        f"have {count}")
+    return array
+
+
+def _labels(where: str, key: str, value: Any) -> np.ndarray:
+    labels = np.asarray(_array(where, key, value, np.ndim(value)), dtype=np.float64)
+    if labels.size and labels.reshape(len(labels), -1).shape[1] != 1:
+        raise UcrnError(f"{where} key {key!r} has shape {labels.shape}; expected one "
+                        "sentiment score per sample")
+    labels = labels.reshape(-1)
+    if not np.isfinite(labels).all():
+        raise UcrnError(f"{where} key {key!r} has {int((~np.isfinite(labels)).sum())} NaN "
+                        "or infinite labels")
+    outside = (labels < -3) | (labels > 3)
+    if outside.any():
+        raise UcrnError(f"{where} key {key!r}: {int(outside.sum())} labels outside [-3, 3] "
+                        f"(e.g. {labels[outside][0]:g})")
+    return labels.astype(np.float32)
+
+
+def _ids(where: str, value: Any, count: int) -> list[str]:
+    if value is None:
+        return [f"{i}" for i in range(count)]
+    rows = np.asarray(value)
+    if len(rows) != count:
+        raise UcrnError(f"{where} key 'id' has {len(rows)} entries but there are {count} "
+                        "samples")
+
+    def text(item: Any) -> str:
+        return item.decode("utf-8") if isinstance(item, bytes) else str(item)
+
+    if rows.ndim == 1:
+        return [text(item) for item in rows]
+    # MulT: (video, start, end) or (video, clip, ...): video[rest]
+    return [f"{text(row[0])}[{','.join(text(item) for item in row[1:])}]" for row in rows]
+
+
+def _clean_features(where: str, modality: str, array: np.ndarray,
+                    provenance: Provenance, neg_inf_to_zero: bool) -> np.ndarray:
+    """float32, with -inf → 0 where the source format says so; other NaN/inf refused."""
+    array = np.asarray(array, dtype=np.float32)
+    if neg_inf_to_zero:
+        negative = np.isneginf(array)
+        count = int(negative.sum())
+        if count:
+            array = array.copy() if not array.flags.writeable else array
+            array[negative] = 0.0
+            key = f"{modality}: -inf → 0"
+            provenance.cleaned[key] = provenance.cleaned.get(key, 0) + count
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise UcrnError(f"{where} key for modality {modality!r} has {int(bad.sum())} NaN or "
+                        "infinite values; clean the source data first")
+    return array
+
+
+def _split_name(where: Path, name: str) -> str:
+    if name not in SPLIT_NAMES:
+        raise UcrnError(f"{where}: unknown split {name!r}; expected train, valid and test")
+    return SPLIT_NAMES[name]
+
+
+def _check_splits(path: Path, data: Any) -> dict[str, dict]:
+    if not isinstance(data, dict):
+        raise UcrnError(f"{path}: expected a dict of splits, found a {type(data).__name__}")
+    splits = {_split_name(path, str(name)): content for name, content in data.items()}
+    missing = [s for s in SPLITS if s not in splits]
+    if missing:
+        raise UcrnError(f"{path}: split(s) {', '.join(missing)} missing; found "
+                        f"{', '.join(map(str, data))}")
+    for name, content in splits.items():
+        if not isinstance(content, dict):
+            raise UcrnError(f"{path} split {name!r} is a {type(content).__name__}, not a dict")
+    return splits
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+MULT_KEYS = {"l": "text", "a": "audio", "v": "vision"}
+
+
+def read_mult(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
+    """MulT's pickle → splits (unaligned sequences keep their own lengths T_m)."""
+    provenance = Provenance("mult-pkl", [str(path)])
+    splits = {}
+    for name, content in _check_splits(path, load_pickle(path)).items():
+        where = f"{path} split {name!r}"
+        if "labels" not in content:
+            raise UcrnError(f"{where} has no key 'labels'; is this a MulT pickle?")
+        labels = _labels(where, "labels", content["labels"])
+        if not len(labels):
+            raise UcrnError(f"{where} is empty")
+        features = {}
+        for modality, key in MULT_KEYS.items():
+            if key not in content:
+                raise UcrnError(f"{where} has no key {key!r} (modality {modality})")
+            array = _features(where, key, content[key], len(labels))
+            features[modality] = _clean_features(where, modality, array, provenance,
+                                                 neg_inf_to_zero=modality == "a")
+        splits[name] = SourceSplit(features, {}, labels, _ids(where, content.get("id"),
+                                                              len(labels)))
+    return splits, provenance
+
+
+def read_mmsa(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
+    """MMSA's pickle → splits, with its per-sample audio/vision lengths when present."""
+    provenance = Provenance("mmsa-pkl", [str(path)])
+    splits = {}
+    for name, content in _check_splits(path, load_pickle(path)).items():
+        where = f"{path} split {name!r}"
+        label_key = next((k for k in ("regression_labels", "labels") if k in content), None)
+        if label_key is None:
+            raise UcrnError(f"{where} has no key 'regression_labels'; is this an MMSA pickle?")
+        labels = _labels(where, label_key, content[label_key])
+        if not len(labels):
+            raise UcrnError(f"{where} is empty")
+        text_key = "text" if "text" in content else "text_bert" if "text_bert" in content \
+            else None
+        if text_key is None:
+            raise UcrnError(f"{where} has neither 'text' nor 'text_bert'")
+        features, lengths = {}, {}
+        for modality, key in (("l", text_key), ("a", "audio"), ("v", "vision")):
+            if key not in content:
+                raise UcrnError(f"{where} has no key {key!r} (modality {modality})")
+            array = _features(where, key, content[key], len(labels))
+            if key == "text_bert":
+                provenance.notes.append("language features are MMSA's text_bert "
+                                        "(token ids, mask, segment ids) as stored")
+            features[modality] = _clean_features(where, modality, array, provenance,
+                                                 neg_inf_to_zero=modality == "a")
+            length_key = f"{key}_lengths"
+            if length_key in content:
+                raw = np.asarray(content[length_key]).reshape(-1)
+                if len(raw) != len(labels):
+                    raise UcrnError(f"{where} key {length_key!r} has {len(raw)} entries "
+                                    f"for {len(labels)} samples")
+                steps = array.shape[1]
+                clipped = np.clip(raw.astype(np.int64), 1, steps)
+                changed = int((clipped != raw).sum())
+                if changed:
+                    provenance.cleaned[f"{modality}: lengths clipped to [1, {steps}]"] = changed
+                lengths[modality] = clipped.astype(np.int32)
+        splits[name] = SourceSplit(features, lengths, labels, _ids(where, content.get("id"),
+                                                                   len(labels)))
+    return splits, provenance
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_converted(
+    splits: dict[str, SourceSplit], provenance: Provenance, output: Path, name: str
+) -> dict[str, Any]:
+    """Write converted splits to ``output`` (atomically); return a summary."""
+    modalities = [m for m in MODALITIES if m in next(iter(splits.values())).features]
+    dims: dict[str, tuple[int, str]] = {}
+    for split_name, split in splits.items():
+        for modality in modalities:
+            dim = split.features[modality].shape[2]
+            first_dim, first_split = dims.setdefault(modality, (dim, split_name))
+            if dim != first_dim:
+                raise UcrnError(f"modality {modality} has {first_dim} features in split "
+                                f"{first_split!r} but {dim} in {split_name!r}")
+    counts = {s: len(split.labels) for s, split in splits.items()}
+    with create_dataset_file(
+        output, name=name, task="regression", modalities=modalities, label_names=[SENTIMENT],
+        source=provenance.source_format, extra_attrs=provenance.attrs(counts),
+    ) as writer:
+        for split_name in SPLITS:
+            split = splits[split_name]
+            shapes = {m: split.features[m].shape[1:] for m in modalities}
+            writer.create_split(split_name, counts[split_name], shapes, 1,
+                                with_lengths=bool(split.lengths))
+            arrays: dict[str, Any] = {**split.features, "labels": split.labels,
+                                      "ids": np.array(split.ids, dtype=object)}
+            for modality in modalities:
+                if split.lengths:
+                    steps = split.features[modality].shape[1]
+                    arrays[f"{modality}_len"] = split.lengths.get(
+                        modality, np.full(counts[split_name], steps, dtype=np.int32))
+            writer.write(split_name, 0, arrays)
+    return {"output": str(output), "counts": counts,
+            "dims": {m: dim for m, (dim, _) in dims.items()},
+            "cleaned": provenance.cleaned, "skipped": provenance.skipped,
+            "notes": provenance.notes}
+
+
+READERS = {"mult-pkl": read_mult, "mmsa-pkl": read_mmsa}
+
+
+def convert_pickle(kind: str, path: str | Path, output: str | Path,
+                   name: str | None = None) -> dict[str, Any]:
+    """Convert a MulT or MMSA pickle to our layout at ``output``."""
+    path, output = Path(path), Path(output)
+    splits, provenance = READERS[kind](path)
+    return write_converted(splits, provenance, output, name or path.stem)
+
