@@ -56,12 +56,41 @@ def command_synth(args: argparse.Namespace) -> None:
     _print_summary(path)
 
 
+def _feature_files(pairs: list[str]) -> dict[str, str]:
+    files = {}
+    for pair in pairs:
+        modality, sep, path = pair.partition("=")
+        if not sep or modality not in ("l", "a", "v") or not path:
+            raise UcrnError(f"--features {pair!r}: write modality=FILE, e.g. l=WORDS.csd")
+        files[modality] = path
+    return files
+
+
 def command_convert(args: argparse.Namespace) -> None:
     from ucrn.data.convert import convert_pickle
+    from ucrn.data.csd import convert_csd, read_folds, standard_folds
 
     started = time.perf_counter()
-    with console.status(f"converting {args.path} ({args.format}) to {args.output}"):
-        summary = convert_pickle(args.format, args.path, args.output, name=args.name)
+    if args.format == "csd":
+        if args.folds and args.dataset:
+            raise UcrnError("give --folds or --dataset, not both")
+        if args.folds:
+            folds = read_folds(args.folds)
+        else:
+            guess = next((d for d in ("mosei", "mosi") if d in Path(args.labels).name.lower()),
+                         None)
+            if not (args.dataset or guess):
+                raise UcrnError("give --folds FILE.json or --dataset mosi|mosei")
+            folds = standard_folds(args.dataset or guess)
+        files = _feature_files(args.features)
+        align = None if args.align == "none" else args.align
+        with console.status(f"converting {args.labels} and {len(files)} feature files"):
+            summary = convert_csd(args.labels, files, args.output, folds=folds,
+                                  seq_len=args.seq_len, align=align,
+                                  allow_missing=args.allow_missing, name=args.name)
+    else:
+        with console.status(f"converting {args.path} ({args.format}) to {args.output}"):
+            summary = convert_pickle(args.format, args.path, args.output, name=args.name)
     console.print(f"wrote {summary['output']} in {time.perf_counter() - started:.1f} s")
     for what, count in summary["cleaned"].items():
         console.print(f"cleaned: {what} ({count:,} values)")
@@ -239,12 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("-o", "--output", required=True, help="the .h5 file to write")
     synth.set_defaults(run=command_synth)
     convert = data_commands.add_parser(
-        "convert", help="convert MulT / MMSA pickles to our HDF5 layout")
-    convert.add_argument("format", choices=("mult-pkl", "mmsa-pkl"))
-    convert.add_argument("path", help="the pickle file")
-    convert.add_argument("-o", "--output", required=True, help="the .h5 file to write")
-    convert.add_argument("--name", help="data set name (default: the file's stem)")
-    convert.set_defaults(run=command_convert)
+        "convert", help="convert MulT / MMSA pickles or CMU-SDK .csd files to our layout")
+    formats = convert.add_subparsers(dest="format", required=True)
+    for kind, what in (("mult-pkl", "MulT's mosi_data.pkl / mosei_senti_data.pkl"),
+                       ("mmsa-pkl", "an MMSA pickle (aligned or unaligned)")):
+        pickle_parser = formats.add_parser(kind, help=what)
+        pickle_parser.add_argument("path", help="the pickle file")
+    csd = formats.add_parser("csd", help="CMU-SDK computational sequences")
+    csd.add_argument("--labels", required=True, help="the labels .csd")
+    csd.add_argument("--features", nargs="+", required=True, metavar="M=FILE",
+                     help="l=WORDS.csd a=COVAREP.csd v=FACET.csd (any subset)")
+    csd.add_argument("--folds", help="a JSON file of train/valid/test video ids")
+    csd.add_argument("--dataset", choices=("mosi", "mosei"),
+                     help="use the standard folds shipped with ucrn")
+    csd.add_argument("--seq-len", type=int, default=50)
+    csd.add_argument("--align", default="l", choices=("l", "a", "v", "none"),
+                     help="average the others over this modality's rows (default l); none "
+                     "keeps each at its own rate")
+    csd.add_argument("--allow-missing", action="store_true",
+                     help="convert without videos that lack features (they are counted)")
+    for sub in formats.choices.values():
+        sub.add_argument("-o", "--output", required=True, help="the .h5 file to write")
+        sub.add_argument("--name", help="data set name (default: the file's stem)")
+        sub.set_defaults(run=command_convert)
     inspect = data_commands.add_parser(
         "inspect", help="splits, shapes, label statistics and provenance")
     inspect.add_argument("file")

@@ -114,6 +114,12 @@ class DatasetWriter:
         group.create_dataset("labels", label_shape, dtype="float32")
         group.create_dataset("ids", (count,), dtype=h5py.string_dtype("utf-8"))
 
+    def set_attrs(self, attrs: dict) -> None:
+        """File attributes; values other than str, int and float are stored as JSON."""
+        for key, value in attrs.items():
+            plain = isinstance(value, (str, int, float))
+            self._file.attrs[key] = value if plain else json.dumps(value)
+
     def write(self, split: str, start: int, arrays: dict[str, np.ndarray]) -> None:
         """Write rows ``start:start + n`` of each array named in ``arrays``."""
         group = self._file[split]
@@ -143,15 +149,13 @@ def create_dataset_file(
     os.close(handle)
     try:
         with h5py.File(temporary, "w") as file:
-            file.attrs.update({
+            writer = DatasetWriter(file)
+            writer.set_attrs({
                 "format": FORMAT, "version": VERSION, "name": name, "task": task,
-                "modalities": json.dumps(list(modalities)),
-                "label_names": json.dumps(list(label_names)), "source": source,
+                "modalities": list(modalities), "label_names": list(label_names),
+                "source": source, **(extra_attrs or {}),
             })
-            for key, value in (extra_attrs or {}).items():
-                plain = isinstance(value, (str, int, float))
-                file.attrs[key] = value if plain else json.dumps(value)
-            yield DatasetWriter(file)
+            yield writer
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; give it the usual mode
