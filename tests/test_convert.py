@@ -94,6 +94,27 @@ def test_an_mmsa_pickle_carries_its_lengths(tmp_path):
     assert test.ids[0] == "video2$_$0"
 
 
+def test_mmsa_token_ids_are_refused_as_features(tmp_path):
+    data = {s: _mmsa_split(n, i) for i, (s, n) in enumerate(COUNTS.items())}
+    for split in data.values():
+        split["text_bert"] = np.zeros((len(split["regression_labels"]), 3, 50), np.float32)
+        split.pop("text")
+    path = _write(tmp_path / "bert.pkl", data)
+    with pytest.raises(UcrnError, match="token ids"):
+        convert_pickle("mmsa-pkl", path, tmp_path / "out.h5")
+
+
+def test_mmsa_bad_lengths_and_missing_labels_are_named(tmp_path):
+    data = {s: _mmsa_split(n, i) for i, (s, n) in enumerate(COUNTS.items())}
+    data["valid"]["audio_lengths"] = data["valid"]["audio_lengths"][:2]
+    with pytest.raises(UcrnError, match="'audio_lengths' has 2 entries for 4 samples"):
+        convert_pickle("mmsa-pkl", _write(tmp_path / "a.pkl", data), tmp_path / "out.h5")
+    data = {s: _mmsa_split(n, i) for i, (s, n) in enumerate(COUNTS.items())}
+    data["test"].pop("regression_labels")
+    with pytest.raises(UcrnError, match="no key 'regression_labels'"):
+        convert_pickle("mmsa-pkl", _write(tmp_path / "b.pkl", data), tmp_path / "out.h5")
+
+
 def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned"
 
@@ -120,6 +141,10 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     (lambda d: d["train"].__setitem__("vision", d["train"]["vision"][:, :, :7]),
      "7 features in split 'train' but 20 in 'valid'"),
     (lambda d: d.__setitem__("valid", {k: v[:0] for k, v in d["valid"].items()}), "empty"),
+    (lambda d: d["train"].__setitem__("id", d["train"]["id"][:5]), "'id' has 5 entries"),
+    (lambda d: d["train"].__setitem__("audio", d["train"]["audio"].astype(str)),
+     "dtype <U"),
+    (lambda d: d.__setitem__("test", [1, 2]), "split 'test' is a list"),
 ])
 def test_bad_mult_input_is_refused_and_no_output_is_left(tmp_path, spoil, message):
     data = {s: _mult_split(n, i) for i, (s, n) in enumerate(COUNTS.items())}

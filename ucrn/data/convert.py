@@ -255,9 +255,12 @@ def read_mmsa(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
             if key not in content:
                 raise UcrnError(f"{where} has no key {key!r} (modality {modality})")
             array = _features(where, key, content[key], len(labels))
-            if key == "text_bert":
-                provenance.notes.append("language features are MMSA's text_bert "
-                                        "(token ids, mask, segment ids) as stored")
+            if key == "text_bert" and array.shape[1] == 3:
+                raise UcrnError(
+                    f"{where} key 'text_bert' has shape {array.shape}: BERT token ids, "
+                    "attention mask and segment ids, not feature vectors; UCRN needs "
+                    "features — use MMSA's file with 'text' (feature vectors) instead"
+                )
             features[modality] = _clean_features(where, modality, array, provenance,
                                                  neg_inf_to_zero=modality == "a")
             length_key = f"{key}_lengths"
