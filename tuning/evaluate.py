@@ -450,7 +450,8 @@ def run_evaluation(plan: Plan) -> Path:
     started = time.perf_counter()
     plan.out.mkdir(parents=True, exist_ok=True)
     done = finished_runs(plan.out)
-    wanted = [(variant, seed) for variant in plan.variants for seed in plan.seeds]
+    # Seed by seed, so that a stopped evaluation leaves whole seeds (every variant) done.
+    wanted = [(variant, seed) for seed in plan.seeds for variant in plan.variants]
     pending = [(v, s) for v, s in wanted if run_key(v, s) not in done]
     console.print(f"evaluation {plan.out}: {len(wanted)} runs ({len(plan.variants)} variants "
                   f"× {len(plan.seeds)} seeds), {len(wanted) - len(pending)} already done")
