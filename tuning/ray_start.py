@@ -81,6 +81,8 @@ def start_ray(
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
+            if address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
+                _keep_on_localhost()  # or Ray dials the machine's address instead
             ray.init(address=address, log_to_driver=False)
         else:
             _keep_on_localhost()
