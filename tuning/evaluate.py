@@ -196,12 +196,11 @@ def finished_runs(out: Path) -> dict[str, dict]:
 
 def record_run(plan: Plan, variant: str, seed: int, state: dict) -> dict:
     """Score a finished run's selected checkpoint on test (once per condition), save it."""
+    from tuning.trials import selected_model
+
     config = apply_overrides(plan.base, run_overrides(variant, seed))
-    model = UCRN(config.model)
-    model.load_state_dict(state["progress"]["best_state"])
+    model, valid = selected_model(config, state)
     progress = state["progress"]
-    best = progress["history"][progress["best_epoch"] - 1]
-    valid = {k.removeprefix("valid_"): v for k, v in best.items() if k.startswith("valid_")}
     conditions = score_conditions(model, plan.dataset, config, perturb=variant == FULL,
                                   noise=plan.args.noise, noise_seed=seed, device="cpu")
     record = {

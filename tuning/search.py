@@ -33,7 +33,6 @@ from ucrn.data.layout import Dataset, load_dataset
 from ucrn.data.synthetic import ensure_default_data
 from ucrn.engine import FitResult, evaluate, prepare_config, save_run
 from ucrn.errors import UcrnError, exit_status
-from ucrn.model import UCRN
 from ucrn.tasks import metric_names
 
 console = Console(stderr=True)
@@ -185,7 +184,12 @@ def run_search(plan: Plan) -> dict[str, Any]:
 
     from tuning.space import to_tune
     from tuning.tables import LiveTrialTable, rich_table, trial_rows
-    from tuning.trials import best_checkpoint_state, make_trainable, resources_for
+    from tuning.trials import (
+        best_checkpoint_state,
+        make_trainable,
+        resources_for,
+        selected_model,
+    )
 
     where = session.dashboard_url or "(no dashboard URL)"
     console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard {where}")
@@ -236,16 +240,9 @@ def run_search(plan: Plan) -> dict[str, Any]:
         raise UcrnError(f"no trial reported {plan.metric}; see the trial logs in "
                         f"{plan.experiment}")
     best = grid.get_best_result(plan.metric, plan.mode, scope="all")
-    history = best.metrics_dataframe
-    best_row = history.loc[history[plan.metric].idxmin() if plan.mode == "min"
-                           else history[plan.metric].idxmax()]
-    valid = {key.removeprefix("valid_"): float(value) for key, value in best_row.items()
-             if key.startswith("valid_")}
-
     config = apply_overrides(plan.base, trial_overrides(best.config, plan.base))
     state = best_checkpoint_state(best.metrics)
-    model = UCRN(config.model)
-    model.load_state_dict(state["progress"]["best_state"])
+    model, valid = selected_model(config, state)
     test = evaluate(model, plan.dataset.split("test"), plan.dataset, config)  # once
     progress = state["progress"]
     result = FitResult(config, model, progress["best_epoch"], progress["epoch"],
@@ -255,8 +252,9 @@ def run_search(plan: Plan) -> dict[str, Any]:
     record = {
         **config.to_dict(),
         "search": {"experiment": plan.experiment, "trial": _trial_id(best),
-                   "metric": plan.metric, "mode": plan.mode, "best_epoch": int(
-                       best_row["epoch"]), "trials": len(grid), "seconds": search_seconds},
+                   "metric": plan.metric, "mode": plan.mode,
+                   "best_epoch": progress["best_epoch"], "trials": len(grid),
+                   "seconds": search_seconds},
         "metrics": {"valid": valid, "test": test},
     }
     _write_text(plan.experiment, "best.json", json.dumps(record, indent=2) + "\n")
