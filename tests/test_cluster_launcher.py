@@ -28,7 +28,7 @@ def _ray_processes() -> list[psutil.Process]:
 
 
 def _run(command: list[str], timeout: int) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "RAY_AUTH_MODE": "token",
+    environment = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHON": sys.executable,
                    "PATH": f"/tmp/ucrn-ssh:{os.environ['PATH']}"}
     return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True,
                           timeout=timeout)
@@ -49,7 +49,7 @@ def test_ray_up_then_a_search_job_then_ray_down_leaves_no_ray(tiny_mosi, tmp_pat
         up = _run([RAY, "up", "cluster/local.yaml", "-y"], timeout=300)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         job = _run([RAY, "job", "submit", "--address", "http://127.0.0.1:8266",
-                    "--working-dir", str(ROOT), "--", "python", "tuning/search.py",
+                    "--working-dir", str(ROOT), "--", sys.executable, "tuning/search.py",
                     "--data", str(tiny_mosi), "--num-samples", "2", "--epochs", "2",
                     "--grace-period", "1", "--set", "urm_layers=1", "--set", "crm_layers=1",
                     "--storage", str(tmp_path), "--name", "job"], timeout=600)
