@@ -72,7 +72,6 @@ def _spoiled(write_small, how):
     ("labels", "split 'valid' key 'labels' column 'sentiment': 1 values outside [-3, 3]"),
     ("empty", "split 'valid' is empty"),
     ("split", "split 'valid' is missing"),
-    ("modality", "modality v is not in this file"),
     ("shape", "split 'test' key 'a' has 4 samples but labels has 6"),
 ])
 def test_a_broken_data_file_is_one_line_and_nothing_is_written(
@@ -146,3 +145,23 @@ def test_train_refuses_to_overwrite_a_run(tmp_path, write_small, capsys):
     assert main(["train", "--data", str(write_small()), "--out", str(out)]) == 2
     assert "--out" in _error_line(capsys)
     assert (out / "metrics.json").read_text() == "{}"
+
+
+def test_without_modalities_a_language_only_file_trains_a_language_model(tmp_path, capsys):
+    from conftest import small_arrays
+
+    from ucrn.data.layout import write_dataset
+
+    splits = {s: small_arrays(seed=i) for i, s in enumerate(("train", "valid", "test"))}
+    for arrays in splits.values():
+        arrays.pop("a")
+        arrays.pop("v")
+    data = write_dataset(tmp_path / "l.h5", splits, name="l")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--epochs", "1", *FAST, "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["modalities"] == ["l"]
+    # Asked for explicitly, a missing modality is still an error.
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--modalities", "l,a", "--out",
+                 str(tmp_path / "run2")]) == 2
+    assert "modality a is not in this file" in _error_line(capsys)

@@ -39,8 +39,15 @@ from tuning.tables import (
     summary_table,
 )
 from tuning.tables import console as table_console
-from ucrn.config import ABLATIONS, Config, apply_overrides, load_config, parse_set_options
-from ucrn.data.layout import Dataset, load_dataset
+from ucrn.config import (
+    ABLATIONS,
+    Config,
+    apply_overrides,
+    default_modalities,
+    load_config,
+    parse_set_options,
+)
+from ucrn.data.layout import Dataset, load_dataset, read_attrs
 from ucrn.data.synthetic import ensure_default_data
 from ucrn.engine import prepare_config
 from ucrn.errors import UcrnError, exit_status
@@ -158,6 +165,8 @@ def plan_evaluation(argv: Sequence[str] | None = None) -> Plan:
         overrides["epochs"] = args.epochs
     base = apply_overrides(load_config(args.config) if args.config else Config(), overrides)
     data_path = Path(args.data) if args.data else ensure_default_data()
+    chosen = bool(args.config or "modalities" in overrides)
+    base = default_modalities(base, read_attrs(data_path)["modalities"], chosen)
     dataset = load_dataset(data_path)
     prepared = prepare_config(base, dataset)
     if args.config:

@@ -28,8 +28,14 @@ from tuning.space import load_space, trial_overrides
 from tuning.tables import console as table_console
 from tuning.tables import metric_mode
 from ucrn.cli import metrics_table
-from ucrn.config import Config, apply_overrides, load_config, parse_set_options
-from ucrn.data.layout import Dataset, load_dataset
+from ucrn.config import (
+    Config,
+    apply_overrides,
+    default_modalities,
+    load_config,
+    parse_set_options,
+)
+from ucrn.data.layout import Dataset, load_dataset, read_attrs
 from ucrn.data.synthetic import ensure_default_data
 from ucrn.engine import FitResult, evaluate, prepare_config, save_run
 from ucrn.errors import UcrnError, exit_status
@@ -134,8 +140,9 @@ def plan_search(argv: Sequence[str] | None = None) -> Plan:
     base = apply_overrides(base, {"select_metric": args.metric.removeprefix("valid_")})
 
     data_path = Path(args.data) if args.data else ensure_default_data()
-    dataset = load_dataset(data_path, modalities=base.model.modalities if args.modalities
-                           else None)
+    chosen = bool(args.modalities or args.config or "modalities" in fixed)
+    base = default_modalities(base, read_attrs(data_path)["modalities"], chosen)
+    dataset = load_dataset(data_path, modalities=base.model.modalities)
     base = prepare_config(base, dataset)
 
     experiment = _experiment_path(args)

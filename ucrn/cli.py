@@ -18,7 +18,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ucrn import MODALITY_NAMES, __version__
-from ucrn.config import Config, apply_overrides, load_config, parse_modalities, parse_set_options
+from ucrn.config import (
+    Config,
+    apply_overrides,
+    default_modalities,
+    load_config,
+    parse_modalities,
+    parse_set_options,
+)
 from ucrn.errors import UcrnError, exit_status
 
 console = Console(stderr=True)
@@ -168,7 +175,7 @@ def _data_path(args: argparse.Namespace) -> Path:
 
 
 def command_train(args: argparse.Namespace) -> None:
-    from ucrn.data.layout import load_dataset
+    from ucrn.data.layout import load_dataset, read_attrs
     from ucrn.engine import fit, prepare_config, save_run, select_metric
 
     config = _training_config(args)
@@ -176,6 +183,9 @@ def command_train(args: argparse.Namespace) -> None:
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
         raise UcrnError(f"--out {out_dir} is not empty; choose another directory or --overwrite")
     data_path = _data_path(args)
+    chosen = bool(args.modalities or args.config or any(
+        pair.split("=")[0].strip().endswith("modalities") for pair in args.set or []))
+    config = default_modalities(config, read_attrs(data_path)["modalities"], chosen)
     dataset = load_dataset(data_path, modalities=config.model.modalities)
     config = prepare_config(config, dataset)
     metric = select_metric(config)

@@ -228,6 +228,14 @@ def parse_set_options(pairs: list[str]) -> dict[str, str]:
     return overrides
 
 
+def default_modalities(config: Config, data_modalities: list[str], chosen: bool) -> Config:
+    """``config`` with the data's modalities when nobody chose them (a language-only file
+    then trains a language-only model instead of failing on the missing audio)."""
+    if chosen or tuple(config.model.modalities) == parse_modalities(list(data_modalities)):
+        return config
+    return apply_overrides(config, {"modalities": list(data_modalities)})
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """A validated ``Config`` from ``{"model": {...}, "train": {...}}`` or one flat dict.
 
