@@ -54,9 +54,6 @@ def _spoiled(write_small, how):
             splits["valid"] = {key: value[:0] for key, value in splits["valid"].items()}
         elif how == "split":
             splits.pop("valid")
-        elif how == "modality":
-            for split in splits.values():
-                split.pop("v")
 
     path = write_small(spoil)
     if how == "shape":
