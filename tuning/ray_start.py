@@ -86,8 +86,10 @@ def start_ray(
             ray.init(address=address, log_to_driver=False)
         else:
             _keep_on_localhost()
+            # "local": without it, Ray dials the last `ray start` cluster of this machine
+            # (/tmp/ray/ray_current_cluster), even one that has since stopped.
             ray.init(
-                _node_ip_address=LOCALHOST, dashboard_host=LOCALHOST,
+                address="local", _node_ip_address=LOCALHOST, dashboard_host=LOCALHOST,
                 dashboard_port=_free_port(DASHBOARD_PORT), include_dashboard=True,
                 num_cpus=num_cpus,
                 object_store_memory=object_store_bytes, log_to_driver=False,
