@@ -23,18 +23,6 @@ TINY_SEARCH = ["--num-samples", "2", "--epochs", "2", "--grace-period", "1",
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the session, started the way the search starts it."""
-    import ray
-
-    from tuning.ray_start import start_ray
-
-    session = start_ray(num_cpus=2, object_store_bytes=400 * 2**20)
-    yield session
-    ray.shutdown()
-
-
 def _search(*args: str) -> int:
     from tuning.search import main
 
