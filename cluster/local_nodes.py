@@ -83,10 +83,22 @@ def start(workers: int, cpus: float, head_cpus: float) -> str:
     return f"127.0.0.1:{PORT}"
 
 
+def _with_descendants(pids: list[int]) -> list[int]:
+    """``pids`` and every process they started since (the node's Ray workers among them)."""
+    found = list(pids)
+    for pid in filter(_ours, pids):  # a recorded PID may since belong to another process
+        try:
+            found += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return sorted(set(found))
+
+
 def kill(name: str, sig: int = signal.SIGKILL) -> list[int]:
-    """Kill the processes one node started (SIGKILL by default: a node that dies)."""
+    """Kill one node as a machine dies: its daemons and the workers they started, at once
+    (SIGKILL by default). Workers left alive would go on training until Ray notices."""
     state = json.loads(STATE.read_text())
-    pids = state.pop(name)
+    pids = _with_descendants(state.pop(name))
     for pid in pids:
         try:
             os.kill(pid, sig)
@@ -101,6 +113,7 @@ def stop() -> None:
     if not STATE.exists():
         return
     state = json.loads(STATE.read_text())
+    state = {name: _with_descendants(pids) for name, pids in state.items()}
     for name in sorted(state, key=lambda n: n == "head"):
         for pid in state[name]:
             try:
@@ -116,6 +129,17 @@ def stop() -> None:
                 except ProcessLookupError:
                     pass
     STATE.unlink()
+    _forget_as_latest_cluster()
+
+
+def _forget_as_latest_cluster() -> None:
+    """Remove Ray's note that this cluster is the machine's latest, as ``ray stop`` does:
+    a plain ``ray.init()`` elsewhere would otherwise dial the stopped head."""
+    from ray._private.utils import get_ray_address_file
+
+    note = Path(get_ray_address_file(None))
+    if note.exists() and note.read_text().strip() == f"127.0.0.1:{PORT}":
+        note.unlink()
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+from ray._private.utils import get_ray_address_file
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = [sys.executable, str(ROOT / "cluster" / "local_nodes.py")]
@@ -34,6 +35,8 @@ def two_nodes(tmp_path):
     pids = [pid for pids in json.loads(state.read_text()).values() for pid in pids] \
         if state.exists() else []
     assert not any(psutil.pid_exists(pid) for pid in pids)
+    latest = Path(get_ray_address_file(None))  # what a plain ray.init() would dial
+    assert not latest.exists() or latest.read_text().strip() != address
 
 
 def _search_args(address: str, data: Path, storage: Path, epochs: int) -> list[str]:
