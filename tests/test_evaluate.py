@@ -146,3 +146,4 @@ def test_evaluation_end_to_end_tables_agree_with_the_per_seed_files(ray_session,
     assert set(after) == set(before)
     assert all(after[name] == before[name] for name in after if name != "no_crm-seed1.json")
     assert not math.isnan(pd.read_csv(out / "ablation.csv")["MAE std"][1])
+    assert "for the 1 run this invocation made" in (out / "REPORT.md").read_text()

@@ -389,8 +389,10 @@ def rpi_table(plan: Plan, main: pd.DataFrame) -> pd.DataFrame:
 # -------------------------------------------------------------------------------- report
 
 
-def write_report(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float) -> Path:
-    """CSV files, figures and REPORT.md in ``plan.out``."""
+def write_report(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float,
+                 runs_made: int) -> Path:
+    """CSV files, figures and REPORT.md in ``plan.out``; ``seconds`` is this invocation's
+    wall time, in which it made ``runs_made`` of the runs."""
     from tuning.figures import robustness_bars, seed_strip_plot
 
     out = plan.out
@@ -408,8 +410,10 @@ def write_report(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float) ->
         "",
         f"Data: `{plan.dataset.path}` (source: {source}); config: "
         f"`{plan.args.config or 'paper defaults'}`; {seeds} seeds per variant; variants: "
-        f"{', '.join(plan.variants)}; {seconds:.0f} s. Every run trained on train, chose its "
-        "checkpoint on valid and was scored on test once per condition. Means ± sample "
+        f"{', '.join(plan.variants)}; {seconds:.0f} s of wall time for the {runs_made} "
+        f"run{'' if runs_made == 1 else 's'} this invocation made (runs finished earlier are "
+        "reused). Every run trained on train, chose its checkpoint on valid and was scored "
+        "on test once per condition. Means ± sample "
         "standard deviations (ddof 1) over seeds.",
         "",
         "## Main: test metrics of the full model",
@@ -468,7 +472,7 @@ def run_evaluation(plan: Plan) -> Path:
     done = finished_runs(plan.out)
     records = {key: done[key] for key in (run_key(v, s) for v, s in wanted) if key in done}
     tables = build_tables(plan, records)
-    report = write_report(plan, tables, time.perf_counter() - started)
+    report = write_report(plan, tables, time.perf_counter() - started, len(pending))
     out = table_console()
     out.print(rich_table(plus_minus(tables["main"]), title="test metrics of the full model"))
     for name in ("missing_modality", "noise", "ablation", "parameters", "rpi"):
