@@ -43,13 +43,12 @@ from ucrn.config import (
     ABLATIONS,
     Config,
     apply_overrides,
-    default_modalities,
     load_config,
     parse_set_options,
 )
-from ucrn.data.layout import Dataset, load_dataset, read_attrs
+from ucrn.data.layout import Dataset
 from ucrn.data.synthetic import ensure_default_data
-from ucrn.engine import prepare_config
+from ucrn.engine import load_training_data
 from ucrn.errors import UcrnError, exit_status
 from ucrn.metrics import LOWER_IS_BETTER
 from ucrn.model import UCRN, count_parameters
@@ -166,12 +165,9 @@ def plan_evaluation(argv: Sequence[str] | None = None) -> Plan:
     base = apply_overrides(load_config(args.config) if args.config else Config(), overrides)
     data_path = Path(args.data) if args.data else ensure_default_data()
     chosen = bool(args.config or "modalities" in overrides)
-    base = default_modalities(base, read_attrs(data_path)["modalities"], chosen)
-    dataset = load_dataset(data_path)
-    prepared = prepare_config(base, dataset)
+    base, dataset = load_training_data(base, data_path, chosen)
     if args.config:
         _check_feature_sizes(Path(args.config), dataset)
-    base = prepared
     baselines = _read_baselines(args.baselines, base.model.task)
     dataset_name = args.dataset or next(
         (name for name in ("tbje-mosei", "mosei", "mosi") if name in dataset.name.lower()),

@@ -31,13 +31,12 @@ from ucrn.cli import metrics_table
 from ucrn.config import (
     Config,
     apply_overrides,
-    default_modalities,
     load_config,
     parse_set_options,
 )
-from ucrn.data.layout import Dataset, load_dataset, read_attrs
+from ucrn.data.layout import Dataset
 from ucrn.data.synthetic import ensure_default_data
-from ucrn.engine import FitResult, evaluate, prepare_config, save_run
+from ucrn.engine import FitResult, evaluate, load_training_data, save_run
 from ucrn.errors import UcrnError, exit_status
 from ucrn.tasks import metric_names
 
@@ -141,9 +140,7 @@ def plan_search(argv: Sequence[str] | None = None) -> Plan:
 
     data_path = Path(args.data) if args.data else ensure_default_data()
     chosen = bool(args.modalities or args.config or "modalities" in fixed)
-    base = default_modalities(base, read_attrs(data_path)["modalities"], chosen)
-    dataset = load_dataset(data_path, modalities=base.model.modalities)
-    base = prepare_config(base, dataset)
+    base, dataset = load_training_data(base, data_path, chosen)
 
     experiment = _experiment_path(args)
     if not _is_uri(experiment):

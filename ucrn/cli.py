@@ -21,7 +21,6 @@ from ucrn import MODALITY_NAMES, __version__
 from ucrn.config import (
     Config,
     apply_overrides,
-    default_modalities,
     load_config,
     parse_modalities,
     parse_set_options,
@@ -175,8 +174,7 @@ def _data_path(args: argparse.Namespace) -> Path:
 
 
 def command_train(args: argparse.Namespace) -> None:
-    from ucrn.data.layout import load_dataset, read_attrs
-    from ucrn.engine import fit, prepare_config, save_run, select_metric
+    from ucrn.engine import fit, load_training_data, save_run, select_metric
 
     config = _training_config(args)
     out_dir = Path(args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"))
@@ -185,9 +183,7 @@ def command_train(args: argparse.Namespace) -> None:
     data_path = _data_path(args)
     chosen = bool(args.modalities or args.config or any(
         pair.split("=")[0].strip().endswith("modalities") for pair in args.set or []))
-    config = default_modalities(config, read_attrs(data_path)["modalities"], chosen)
-    dataset = load_dataset(data_path, modalities=config.model.modalities)
-    config = prepare_config(config, dataset)
+    config, dataset = load_training_data(config, data_path, chosen)
     metric = select_metric(config)
     console.print(
         f"training UCRN on {data_path} · modalities "

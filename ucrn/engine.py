@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ucrn.config import Config, config_from_dict
+from ucrn.config import Config, config_from_dict, default_modalities
 from ucrn.data.batches import drop_modalities, epoch_order, iterate_batches
-from ucrn.data.layout import Dataset, Split
+from ucrn.data.layout import Dataset, Split, load_dataset, read_attrs
 from ucrn.errors import UcrnError
 from ucrn.losses import task_loss, ucrn_loss
 from ucrn.metrics import is_better
@@ -74,6 +74,19 @@ def prepare_config(config: Config, dataset: Dataset) -> Config:
             f"choose one of {', '.join(metric_names(config.model.task))}"
         )
     return config
+
+
+def load_training_data(
+    config: Config, data_path: Path, modalities_chosen: bool
+) -> tuple[Config, Dataset]:
+    """The data file's splits for the config's modalities, and ``config`` fitted to them.
+
+    Unless someone chose the modalities, the config takes the file's own: a language-only
+    file then trains a language-only model instead of failing on the missing audio.
+    """
+    config = default_modalities(config, read_attrs(data_path)["modalities"], modalities_chosen)
+    dataset = load_dataset(data_path, modalities=config.model.modalities)
+    return prepare_config(config, dataset), dataset
 
 
 def check_model_fits(config: Config, dataset: Dataset) -> None:

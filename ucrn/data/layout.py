@@ -274,7 +274,7 @@ def load_dataset(
         if missing:
             raise UcrnError(
                 f"{path}: modality {','.join(missing)} is not in this file (it has "
-                f"{','.join(available)}); choose --modalities among those"
+                f"{','.join(available)}); choose modalities among those"
             )
         label_names = tuple(attrs["label_names"])
         loaded = {
