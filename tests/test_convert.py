@@ -134,7 +134,8 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
 
 @pytest.mark.parametrize("spoil, message", [
     (lambda d: d.pop("valid"), "split(s) valid missing"),
-    (lambda d: d["train"].pop("audio"), "no key 'audio'"),
+    (lambda d: d["valid"].pop("audio"), "split 'valid' has feature keys text, vision but "
+     "split 'train' has text, audio, vision (no key 'audio' in one of them)"),
     (lambda d: d["test"]["labels"].__setitem__((0, 0, 0), 4.5), "labels outside [-3, 3]"),
     (lambda d: d["train"]["vision"].__setitem__((1, 2, 3), np.nan), "1 NaN or infinite"),
     (lambda d: d["valid"].__setitem__("text", d["valid"]["text"][:3]), "has 3 samples"),
@@ -173,3 +174,42 @@ def test_the_command_converts_inspects_and_the_result_trains(mult_pickle, tmp_pa
     assert main(["train", "--data", str(output), "--epochs", "1", "--set", "urm_layers=1",
                  "--set", "crm_layers=1", "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("keys, modalities", [
+    (("text", "audio"), ["l", "a"]), (("text",), ["l"]), (("audio", "vision"), ["a", "v"]),
+])
+def test_a_mult_pickle_with_any_subset_of_modalities_converts(tmp_path, capsys, keys,
+                                                               modalities):
+    data = {s: _mult_split(n, i) for i, (s, n) in enumerate(COUNTS.items())}
+    for split in data.values():
+        for key in {"text", "audio", "vision"} - set(keys):
+            split.pop(key)
+    path = _write(tmp_path / "subset.pkl", data)
+    output = tmp_path / "out.h5"
+    assert main(["data", "convert", "mult-pkl", str(path), "-o", str(output)]) == 0
+    found = next(line for line in capsys.readouterr().err.splitlines()
+                 if line.startswith("modalities found:"))
+    assert re.findall(r"(\w) \((?:language|audio|vision), \d+ features\)", found) == modalities
+    dataset = load_dataset(output)
+    assert list(dataset.modalities) == modalities
+    assert list(read_attrs(output)["modalities"]) == modalities
+
+
+def test_an_mmsa_pickle_with_text_only_converts(tmp_path):
+    data = {s: _mmsa_split(n, i) for i, (s, n) in enumerate(COUNTS.items())}
+    for split in data.values():
+        for key in ("audio", "vision", "audio_lengths", "vision_lengths"):
+            split.pop(key)
+    summary = convert_pickle("mmsa-pkl", _write(tmp_path / "t.pkl", data), tmp_path / "o.h5")
+    assert summary["modalities"] == ["l"] and summary["dims"] == {"l": 768}
+
+
+def test_a_pickle_without_features_is_refused(tmp_path):
+    data = {s: _mult_split(n, i) for i, (s, n) in enumerate(COUNTS.items())}
+    for split in data.values():
+        for key in ("text", "audio", "vision"):
+            split.pop(key)
+    with pytest.raises(UcrnError, match="none of the feature keys text, audio, vision"):
+        convert_pickle("mult-pkl", _write(tmp_path / "x.pkl", data), tmp_path / "out.h5")
+    assert not (tmp_path / "out.h5").exists()

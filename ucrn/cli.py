@@ -98,6 +98,9 @@ def command_convert(args: argparse.Namespace) -> None:
         with console.status(f"converting {args.path} ({args.format}) to {args.output}"):
             summary = convert_pickle(args.format, args.path, args.output, name=args.name)
     console.print(f"wrote {summary['output']} in {time.perf_counter() - started:.1f} s")
+    console.print("modalities found: " + ", ".join(
+        f"{m} ({MODALITY_NAMES[m]}, {summary['dims'][m]} features)"
+        for m in summary["modalities"]))
     for what, count in summary["cleaned"].items():
         console.print(f"cleaned: {what} ({count:,} values)")
     for what, count in summary["skipped"].items():

@@ -208,13 +208,35 @@ def _check_splits(path: Path, data: Any) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- readers
 
 
+def _present_modalities(
+    where: str, split: str, content: dict, keys: dict[str, str], found: dict[str, Any]
+) -> dict[str, str]:
+    """The modalities (→ their keys) that ``split`` carries: any non-empty subset, the same
+    in every split. ``found`` remembers the first split's, to compare the others with."""
+    present = {m: key for m, key in keys.items() if key in content}
+    if not present:
+        raise UcrnError(f"{where} has none of the feature keys {', '.join(keys.values())}")
+    if "modalities" not in found:
+        found.update(modalities=tuple(present), split=split)
+    elif tuple(present) != found["modalities"]:
+        first = [keys[m] for m in found["modalities"]]
+        lacking = sorted(set(first) ^ set(present.values()))
+        raise UcrnError(
+            f"{where} has feature keys {', '.join(present.values())} but split "
+            f"{found['split']!r} has {', '.join(first)} (no key {lacking[0]!r} in one of "
+            "them); every split must carry the same modalities"
+        )
+    return present
+
+
 MULT_KEYS = {"l": "text", "a": "audio", "v": "vision"}
 
 
 def read_mult(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
     """MulT's pickle → splits (unaligned sequences keep their own lengths T_m)."""
     provenance = Provenance("mult-pkl", [str(path)])
-    splits = {}
+    splits: dict[str, SourceSplit] = {}
+    found: dict[str, Any] = {}
     for name, content in _check_splits(path, load_pickle(path)).items():
         where = f"{path} split {name!r}"
         if "labels" not in content:
@@ -223,9 +245,7 @@ def read_mult(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
         if not len(labels):
             raise UcrnError(f"{where} is empty")
         features = {}
-        for modality, key in MULT_KEYS.items():
-            if key not in content:
-                raise UcrnError(f"{where} has no key {key!r} (modality {modality})")
+        for modality, key in _present_modalities(where, name, content, MULT_KEYS, found).items():
             array = _features(where, key, content[key], len(labels))
             features[modality] = _clean_features(where, modality, array, provenance,
                                                  neg_inf_to_zero=modality == "a")
@@ -237,7 +257,8 @@ def read_mult(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
 def read_mmsa(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
     """MMSA's pickle → splits, with its per-sample audio/vision lengths when present."""
     provenance = Provenance("mmsa-pkl", [str(path)])
-    splits = {}
+    splits: dict[str, SourceSplit] = {}
+    found: dict[str, Any] = {}
     for name, content in _check_splits(path, load_pickle(path)).items():
         where = f"{path} split {name!r}"
         label_key = next((k for k in ("regression_labels", "labels") if k in content), None)
@@ -246,14 +267,10 @@ def read_mmsa(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
         labels = _labels(where, label_key, content[label_key])
         if not len(labels):
             raise UcrnError(f"{where} is empty")
-        text_key = "text" if "text" in content else "text_bert" if "text_bert" in content \
-            else None
-        if text_key is None:
-            raise UcrnError(f"{where} has neither 'text' nor 'text_bert'")
+        text_key = "text_bert" if "text_bert" in content and "text" not in content else "text"
+        keys = {"l": text_key, "a": "audio", "v": "vision"}
         features, lengths = {}, {}
-        for modality, key in (("l", text_key), ("a", "audio"), ("v", "vision")):
-            if key not in content:
-                raise UcrnError(f"{where} has no key {key!r} (modality {modality})")
+        for modality, key in _present_modalities(where, name, content, keys, found).items():
             array = _features(where, key, content[key], len(labels))
             if key == "text_bert" and array.shape[1] == 3:
                 raise UcrnError(
@@ -314,7 +331,7 @@ def write_converted(
                     arrays[f"{modality}_len"] = split.lengths.get(
                         modality, np.full(counts[split_name], steps, dtype=np.int32))
             writer.write(split_name, 0, arrays)
-    return {"output": str(output), "counts": counts,
+    return {"output": str(output), "counts": counts, "modalities": modalities,
             "dims": {m: dim for m, (dim, _) in dims.items()},
             "cleaned": provenance.cleaned, "skipped": provenance.skipped,
             "notes": provenance.notes}

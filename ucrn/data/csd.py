@@ -296,7 +296,8 @@ def convert_csd(
         labels.close()
         for source in features.values():
             source.close()
-    return {"output": str(output), "counts": counts, "dims": converter.dims,
+    return {"output": str(output), "counts": counts,
+            "modalities": [m for m in MODALITIES if m in features], "dims": converter.dims,
             "cleaned": provenance.cleaned, "skipped": provenance.skipped,
             "notes": provenance.notes}
 
