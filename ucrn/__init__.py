@@ -1,4 +1,4 @@
-"""UCRN: Unimodal and Crossmodal Refinement Network (Li et al., EMNLP 2021)."""
+"""UCRN: Unimodal and Crossmodal Refinement Network (Guo et al., EMNLP 2021)."""
 
 from ucrn.errors import UcrnError
 
