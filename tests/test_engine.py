@@ -1,5 +1,7 @@
 """The one training loop: honest selection, determinism, early stopping, resume, tasks."""
 
+import io
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from ucrn.config import Config, apply_overrides
 from ucrn.data.layout import load_dataset
 from ucrn.engine import evaluate, fit, load_run, save_run
 from ucrn.errors import UcrnError
+from ucrn.state import TrainingState
 from ucrn.tasks import metric_names
 
 SMALL = {"urm_layers": 1, "crm_layers": 1, "width": 12, "batch_size": 16, "epochs": 3}
@@ -49,20 +52,44 @@ def test_training_stops_after_patience_epochs_without_improvement(mosi):
 
 def test_resuming_from_a_checkpoint_gives_the_uninterrupted_run(mosi):
     straight = fit(_config(epochs=4), mosi, device="cpu")
-    saved = {}
+    saved = []
     fit(_config(epochs=2), mosi, device="cpu",
-        on_epoch=lambda result, checkpoint: saved.update(checkpoint()))
-    assert saved["progress"]["epoch"] == 2
-    resumed = fit(_config(epochs=4), mosi, device="cpu", resume=saved)
+        on_epoch=lambda result, checkpoint: saved.append(checkpoint()))
+    buffer = io.BytesIO()  # through the file format, as a checkpoint travels
+    torch.save(saved[-1].to_dict(), buffer)
+    buffer.seek(0)
+    state = TrainingState.from_dict(torch.load(buffer, weights_only=True))
+    assert state.epoch == 2 and state.stopped_early is False
+    resumed = fit(_config(epochs=4), mosi, device="cpu", resume=state)
     assert resumed.history == straight.history
     assert resumed.test == straight.test
+    assert not resumed.stopped_early
+
+
+def test_a_training_state_gives_the_selected_model_and_its_validation_metrics(mosi):
+    states = []
+    result = fit(_config(epochs=3), mosi, device="cpu",
+                 on_epoch=lambda _, checkpoint: states.append(checkpoint()))
+    state = states[-1]
+    assert state.best_epoch == result.best_epoch
+    assert state.best_valid() == result.valid
+    assert state.best_valid()["MAE"] == state.history[state.best_epoch - 1]["valid_MAE"]
+    selected = state.selected_model()
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(selected.state_dict()[key], value), key
+    assert state.to_fit_result().best_epoch == result.best_epoch
+
+
+def test_something_that_is_not_a_training_state_is_named():
+    with pytest.raises(UcrnError, match="not a ucrn training state"):
+        TrainingState.from_dict({"model": {}, "progress": {}})
 
 
 def test_a_checkpoint_is_a_snapshot_not_a_live_view(mosi):
     saved = []
     fit(_config(epochs=2), mosi, device="cpu",
         on_epoch=lambda result, checkpoint: saved.append(checkpoint()))
-    first, second = (s["model"] for s in saved)
+    first, second = (s.weights for s in saved)
     assert any(not torch.equal(first[k], second[k]) for k in first)
 
 
@@ -104,3 +131,23 @@ def test_a_saved_run_loads_back_to_the_same_predictions(mosi, tmp_path):
     assert again["MAE"] == pytest.approx(result.test["MAE"], abs=1e-6)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "config.json", "metrics.json", "model.pt"]
+
+
+def test_modality_dropout_trains_batches_on_proper_subsets(mosi):
+    seen: list[tuple[str, ...]] = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, features, lengths):
+            seen.append(tuple(features))
+            return self.model(features, lengths)
+
+    fit(_config(epochs=1, modality_dropout=1.0), mosi, device="cpu", wrap_model=Spy)
+    assert seen and all(0 < len(keys) < 3 for keys in seen)
+    assert len(set(seen)) > 1
+    seen.clear()
+    fit(_config(epochs=1), mosi, device="cpu", wrap_model=Spy)
+    assert set(seen) == {("l", "a", "v")}

@@ -53,6 +53,7 @@ from ucrn.errors import UcrnError, exit_status
 from ucrn.metrics import LOWER_IS_BETTER
 from ucrn.model import UCRN, count_parameters
 from ucrn.robustness import drop_percent, score_conditions
+from ucrn.state import TrainingState
 from ucrn.tasks import metric_names
 
 console = Console(stderr=True)
@@ -199,18 +200,14 @@ def finished_runs(out: Path) -> dict[str, dict]:
     return records
 
 
-def record_run(plan: Plan, variant: str, seed: int, state: dict) -> dict:
+def record_run(plan: Plan, variant: str, seed: int, state: TrainingState) -> dict:
     """Score a finished run's selected checkpoint on test (once per condition), save it."""
-    from tuning.trials import selected_model
-
-    config = apply_overrides(plan.base, run_overrides(variant, seed))
-    model, valid = selected_model(config, state)
-    progress = state["progress"]
+    model, config = state.selected_model(), state.config
     conditions = score_conditions(model, plan.dataset, config, perturb=variant == FULL,
                                   noise=plan.args.noise, noise_seed=seed, device="cpu")
     record = {
-        "variant": variant, "seed": seed, "best_epoch": progress["best_epoch"],
-        "epochs": progress["epoch"], "params": count_parameters(model), "valid": valid,
+        "variant": variant, "seed": seed, "best_epoch": state.best_epoch,
+        "epochs": state.epoch, "params": count_parameters(model), "valid": state.best_valid(),
         "test": conditions["full"], "conditions": conditions, "config": config.to_dict(),
     }
     runs = plan.out / "runs"

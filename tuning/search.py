@@ -36,8 +36,9 @@ from ucrn.config import (
 )
 from ucrn.data.layout import Dataset
 from ucrn.data.synthetic import ensure_default_data
-from ucrn.engine import FitResult, evaluate, load_training_data, save_run
+from ucrn.engine import evaluate, load_training_data, save_run
 from ucrn.errors import UcrnError, exit_status
+from ucrn.state import FitResult
 from ucrn.tasks import metric_names
 
 console = Console(stderr=True)
@@ -188,12 +189,7 @@ def run_search(plan: Plan) -> dict[str, Any]:
 
     from tuning.space import to_tune
     from tuning.tables import LiveTrialTable, rich_table, trial_rows
-    from tuning.trials import (
-        best_checkpoint_state,
-        make_trainable,
-        resources_for,
-        selected_model,
-    )
+    from tuning.trials import best_checkpoint_state, make_trainable, resources_for
 
     where = session.dashboard_url or "(no dashboard URL)"
     console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard {where}")
@@ -244,20 +240,17 @@ def run_search(plan: Plan) -> dict[str, Any]:
         raise UcrnError(f"no trial reported {plan.metric}; see the trial logs in "
                         f"{plan.experiment}")
     best = grid.get_best_result(plan.metric, plan.mode, scope="all")
-    config = apply_overrides(plan.base, trial_overrides(best.config, plan.base))
     state = best_checkpoint_state(best.metrics)
-    model, valid = selected_model(config, state)
-    test = evaluate(model, plan.dataset.split("test"), plan.dataset, config)  # once
-    progress = state["progress"]
-    result = FitResult(config, model, progress["best_epoch"], progress["epoch"],
-                       progress["epoch"] < args.epochs, valid, test, progress["history"],
-                       search_seconds)
+    model = state.selected_model()
+    test = evaluate(model, plan.dataset.split("test"), plan.dataset, state.config)  # once
+    result = state.to_fit_result(test, search_seconds, model)
     _save_best_run(plan.experiment, result)
+    config, valid = state.config, result.valid
     record = {
         **config.to_dict(),
         "search": {"experiment": plan.experiment, "trial": _trial_id(best),
                    "metric": plan.metric, "mode": plan.mode,
-                   "best_epoch": progress["best_epoch"], "trials": len(grid),
+                   "best_epoch": state.best_epoch, "trials": len(grid),
                    "seconds": search_seconds},
         "metrics": {"valid": valid, "test": test},
     }
@@ -269,7 +262,7 @@ def run_search(plan: Plan) -> dict[str, Any]:
     chosen = {key: best.config[key] for key in searched if key in best.config}
     stdout.print(f"best trial {_trial_id(best)}: {json.dumps(chosen)}")
     stdout.print(metrics_table(
-        f"best checkpoint (epoch {progress['best_epoch']}) · selected on {plan.metric}",
+        f"best checkpoint (epoch {state.best_epoch}) · selected on {plan.metric}",
         {"valid": valid, "test (scored once)": test},
     ))
     stdout.print(f"wrote {plan.experiment}/trials.csv, best.json, best/ "

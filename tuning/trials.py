@@ -23,7 +23,7 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 from tuning.workers import read_checkpoint, train_worker
 from ucrn.config import Config, apply_overrides
 from ucrn.errors import UcrnError
-from ucrn.model import UCRN
+from ucrn.state import TrainingState
 
 TRIAL_CPU = 0.1  # the trial function only waits on its trainer (0 is refused by Ray)
 
@@ -103,18 +103,8 @@ def make_trainable(
     return tune.with_resources(run_trial, {"cpu": TRIAL_CPU})
 
 
-def selected_model(config: Config, state: dict) -> tuple[UCRN, dict[str, float]]:
-    """The checkpoint a trial selected on valid: the model and its validation metrics."""
-    progress = state["progress"]
-    model = UCRN(config.model)
-    model.load_state_dict(progress["best_state"])
-    best = progress["history"][progress["best_epoch"] - 1]
-    valid = {k.removeprefix("valid_"): v for k, v in best.items() if k.startswith("valid_")}
-    return model, valid
-
-
-def best_checkpoint_state(metrics: dict[str, Any]) -> dict:
-    """The resumable state of a trial's last checkpoint (it holds the best weights so far)."""
+def best_checkpoint_state(metrics: dict[str, Any]) -> TrainingState:
+    """The state of a trial's last checkpoint (it holds the best weights so far)."""
     path = metrics.get(CHECKPOINT_PATH_KEY)
     if not path:
         raise RuntimeError("the trial reported no checkpoint")

@@ -20,6 +20,7 @@ import torch
 
 from ucrn.config import config_from_dict
 from ucrn.engine import EpochResult, fit
+from ucrn.state import TrainingState
 
 CHECKPOINT_FILE = "state.pt"
 # Test hook: a marker path; the first worker to reach epoch 2 without it creates it and fails.
@@ -36,10 +37,11 @@ def epoch_metrics(result: EpochResult) -> dict[str, Any]:
     }
 
 
-def read_checkpoint(checkpoint: ray.train.Checkpoint) -> dict:
+def read_checkpoint(checkpoint: ray.train.Checkpoint) -> TrainingState:
     """The engine's resumable state from a checkpoint written by ``train_worker``."""
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    return TrainingState.from_dict(saved)
 
 
 def _fail_once(epoch: int) -> None:
@@ -64,20 +66,23 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
         if world_size == 1:
             return model
-        return ray.train.torch.prepare_model(model, move_to_device=False)  # DDP
+        # Modality dropout leaves a dropped modality's URM without gradients in that step.
+        unused = {"find_unused_parameters": config.train.modality_dropout > 0}
+        return ray.train.torch.prepare_model(  # DDP
+            model, move_to_device=False, parallel_strategy_kwargs=unused)
 
     reported = []
 
-    def report(metrics: dict[str, Any], state: Callable[[], dict]) -> None:
+    def report(metrics: dict[str, Any], state: Callable[[], TrainingState]) -> None:
         reported.append(metrics["epoch"])
         if rank != 0:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(state(), Path(folder) / CHECKPOINT_FILE)
+            torch.save(state().to_dict(), Path(folder) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
-    def on_epoch(result: EpochResult, checkpoint: Callable[[], dict]) -> None:
+    def on_epoch(result: EpochResult, checkpoint: Callable[[], TrainingState]) -> None:
         _fail_once(result.epoch)
         report({**epoch_metrics(result), "node_id": node_id}, checkpoint)
 
@@ -86,7 +91,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if resume is not None and not reported:
         # Restarted after its last epoch (e.g. a rerun of a finished run): nothing was
         # trained, so report the final state again for whoever waits on it.
-        progress = resume["progress"]
-        last = {**progress["history"][-1], "best_epoch": progress["best_epoch"],
+        last = {**resume.history[-1], "best_epoch": resume.best_epoch,
                 "epoch_seconds": 0.0, "node_id": node_id}
         report(last, lambda: resume)

@@ -57,9 +57,25 @@ def command_synth(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     with console.status(f"writing synthetic {args.preset} data to {args.output}"):
-        path = synthesize(args.preset, args.output, scale=args.scale, seed=args.seed)
+        path = synthesize(args.preset, args.output, scale=args.scale, seed=args.seed,
+                          signal=_signal_strengths(args.signal or []))
     console.print(f"wrote {path} in {time.perf_counter() - started:.1f} s")
     _print_summary(path)
+
+
+def _signal_strengths(pairs: list[str]) -> dict[str, float]:
+    strengths = {}
+    for pair in filter(None, ",".join(pairs).split(",")):
+        modality, sep, value = pair.partition("=")
+        try:
+            strength = float(value)
+        except ValueError:
+            strength = -1.0
+        if not sep or modality.strip() not in ("l", "a", "v") or not 0 <= strength < 1e6:
+            raise UcrnError(f"--signal {pair!r}: write modality=strength, e.g. a=0 (pure "
+                            "noise) or v=0.5; strength ≥ 0, 1 is the default")
+        strengths[modality.strip()] = strength
+    return strengths
 
 
 def _feature_files(pairs: list[str]) -> dict[str, str]:
@@ -245,7 +261,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
     split = drop_modalities(dataset.split(args.split), used)
     if masked:
-        split = mask_modalities(split, masked)
+        split = mask_modalities(split, masked, fill=model.input_means())
     if args.noise is not None:
         split = bernoulli_noise(split, args.noise, noisy, seed=args.noise_seed)
     metrics = evaluate(model, split, dataset, config, device=args.device)
@@ -274,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--preset", choices=("mosi", "mosei"), default="mosi")
     synth.add_argument("--scale", type=float, default=1.0, help="shrink every split (0, 1]")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--signal", action="append", metavar="M=STRENGTH",
+                       help="how strongly a modality carries the sentiment (default 1; "
+                       "a=0: audio is pure noise); e.g. --signal a=0,v=0.5")
     synth.add_argument("-o", "--output", required=True, help="the .h5 file to write")
     synth.set_defaults(run=command_synth)
     convert = data_commands.add_parser(
@@ -324,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
     evaluate.add_argument("--modalities", help="evaluate on this subset (others are dropped)")
-    evaluate.add_argument("--mask", help="zero the features of these modalities, e.g. a")
+    evaluate.add_argument("--mask", help="blank these modalities (their train means: zero "
+                          "after standardisation), e.g. a")
     evaluate.add_argument("--noise", type=float, metavar="P",
                           help="Bernoulli noise with probability P (see ucrn.data.batches)")
     evaluate.add_argument("--noise-modalities", help="where to add noise (default: all used)")

@@ -21,6 +21,8 @@ from ucrn.errors import UcrnError
 
 # What each output head predicts; "emotions" needs the six MOSEI emotion labels.
 TASKS = ("regression", "binary", "seven_class", "emotions")
+# How the model standardises its inputs with train-split statistics (ucrn.data.batches).
+STANDARDISE = ("modality", "feature", "off")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class ModelConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     task: str = "regression"
+    standardise: str = "modality"  # inputs: centred per feature, scaled per modality
     use_urm: bool = True  # ablation: False keeps the projection only
     use_sqil: bool = True
     use_crm: bool = True  # ablation: False fuses by the mean of the modality tokens
@@ -69,6 +72,10 @@ class ModelConfig:
                 raise UcrnError(f"{name}={getattr(self, name)}: must be in [0, 1)")
         if self.task not in TASKS:
             raise UcrnError(f"task={self.task!r}: choose one of {', '.join(TASKS)}")
+        if self.standardise not in STANDARDISE:
+            raise UcrnError(
+                f"standardise={self.standardise!r}: choose one of {', '.join(STANDARDISE)}"
+            )
 
 
 @dataclass
@@ -81,7 +88,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 0.8  # max gradient norm; 0 turns clipping off
     lambda_m: float = 1.0  # weight of the Jensen–Shannon regulariser L_M (eq. 13)
+    lambda_m_warmup: int = 3  # epochs over which λm ramps up: λm·e/(warmup + 1) in epoch e
     lambda_c: float = 1.0  # weight of the task loss L_C (eq. 13)
+    modality_dropout: float = 0.0  # chance that a batch trains on a random proper subset
     patience: int = 10  # epochs without a better validation score before stopping
     select_metric: str = "auto"  # validation metric that picks the checkpoint
     eval_batch_size: int = 256
@@ -92,10 +101,14 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise UcrnError(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.lambda_m_warmup < 0:
+            raise UcrnError(f"lambda_m_warmup={self.lambda_m_warmup}: must be 0 or more")
         for name in ("learning_rate", "weight_decay", "grad_clip", "lambda_m", "lambda_c"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise UcrnError(f"{name}={value}: must be a finite number ≥ 0")
+        if not 0.0 <= self.modality_dropout <= 1.0:
+            raise UcrnError(f"modality_dropout={self.modality_dropout}: must be in [0, 1]")
         if self.learning_rate == 0:
             raise UcrnError("learning_rate=0: must be positive")
 

@@ -14,26 +14,27 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import math
 import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ucrn.config import Config, config_from_dict, default_modalities
-from ucrn.data.batches import drop_modalities, epoch_order, iterate_batches
+from ucrn.data.batches import drop_modalities, epoch_order, input_statistics, iterate_batches
 from ucrn.data.layout import Dataset, Split, load_dataset, read_attrs
 from ucrn.errors import UcrnError
 from ucrn.losses import task_loss, ucrn_loss
 from ucrn.metrics import is_better
-from ucrn.model import UCRN, count_parameters
+from ucrn.model import UCRN
+from ucrn.state import FitResult, TrainingState
 from ucrn.tasks import (
     DEFAULT_SELECT_METRIC,
     label_columns,
@@ -117,32 +118,6 @@ class EpochResult:
     seconds: float  # training and validation
 
 
-@dataclass
-class FitResult:
-    config: Config
-    model: UCRN  # holding the selected (best-validation) weights
-    best_epoch: int
-    epochs_run: int
-    stopped_early: bool
-    valid: dict[str, float]  # validation metrics of the selected checkpoint
-    test: dict[str, float] | None  # test metrics of the selected checkpoint, scored once
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def params(self) -> int:
-        return count_parameters(self.model)
-
-    def metrics_record(self) -> dict[str, Any]:
-        """What ``metrics.json`` holds."""
-        return {
-            "valid": self.valid, "test": self.test, "epochs": self.epochs_run,
-            "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
-            "select_metric": select_metric(self.config), "params": self.params,
-            "seconds": round(self.seconds, 3), "history": self.history,
-        }
-
-
 class _TaskData:
     """A split on the device, with its targets and label columns for one task."""
 
@@ -187,15 +162,10 @@ def evaluate(
     return _score(model, _TaskData(split, columns, config.model.task, device), config)
 
 
-@dataclass
-class _Progress:
-    """What a checkpoint must carry besides weights: where training is and what is best."""
-
-    epoch: int = 0
-    best_epoch: int = 0
-    best_score: float | None = None
-    best_state: dict | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+def modality_subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The proper non-empty subsets of ``modalities`` that modality dropout trains on."""
+    return [subset for size in range(1, len(modalities))
+            for subset in itertools.combinations(modalities, size)]
 
 
 def _train_epoch(
@@ -205,19 +175,29 @@ def _train_epoch(
     data: _TaskData,
     order: torch.Tensor,
     config: Config,
+    generator: torch.Generator,
+    epoch: int,
 ) -> tuple[float, float, float]:
     """One pass over ``order``: mean total loss, L_C and L_M over the batches."""
     train_config = config.train
+    lambda_m = train_config.lambda_m * min(1.0, epoch / (train_config.lambda_m_warmup + 1))
     trained.train()
     totals = torch.zeros(3, device=data.targets.device)
     batches = 0
+    subsets = modality_subsets(config.model.modalities) if train_config.modality_dropout else []
     for batch in iterate_batches(
         data.split, data.targets, data.labels, train_config.batch_size, order
     ):
-        output = trained(batch.features, batch.lengths)
+        features, lengths = batch.features, batch.lengths
+        if subsets and float(torch.rand(1, generator=generator)) < train_config.modality_dropout:
+            # modality dropout: this batch trains on a random proper subset
+            keep = subsets[int(torch.randint(len(subsets), (1,), generator=generator))]
+            features = {m: features[m] for m in keep}
+            lengths = {m: lengths[m] for m in keep}
+        output = trained(features, lengths)
         loss = ucrn_loss(
             output.prediction, batch.targets, output.unimodal, config.model.task,
-            train_config.lambda_m, train_config.lambda_c,
+            lambda_m, train_config.lambda_c,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
@@ -226,8 +206,74 @@ def _train_epoch(
         optimizer.step()
         totals += torch.stack([loss.total.detach(), loss.task.detach(), loss.js.detach()])
         batches += 1
-    total, classification, regulariser = (totals / max(batches, 1)).tolist()
-    return total, classification, regulariser
+    total, task, regulariser = (totals / max(batches, 1)).tolist()
+    return total, task, regulariser
+
+
+class _Training:
+    """One run's moving parts: the model and its optimizer, the data on the device, and the
+    ``TrainingState`` that a checkpoint saves."""
+
+    def __init__(
+        self, config: Config, dataset: Dataset, device: torch.device,
+        resume: TrainingState | None, wrap_model: Callable[[nn.Module], nn.Module] | None,
+    ):
+        self.config, self.metric = config, select_metric(config)
+        task, modalities = config.model.task, config.model.modalities
+        torch.manual_seed(config.train.seed)
+        self.model = UCRN(config.model).to(device)
+        train_split = drop_modalities(dataset.split("train"), modalities)
+        self.model.set_input_statistics(input_statistics(train_split, config.model.standardise))
+        self.trained = wrap_model(self.model) if wrap_model else self.model
+        self.optimizer = torch.optim.Adam(  # fused: one kernel for all parameters, 9× faster
+            self.model.parameters(), lr=config.train.learning_rate,
+            weight_decay=config.train.weight_decay, fused=True,
+        )
+        self.batch_order = torch.Generator().manual_seed(config.train.seed)
+        columns = label_columns(dataset, task)
+        self.train = _TaskData(train_split, columns, task, device)
+        self.valid = _TaskData(dataset.split("valid"), columns, task, device, modalities)
+        self.state = TrainingState(config, best_weights=copy.deepcopy(self.model.state_dict()))
+        if resume is not None:
+            self.model.load_state_dict(resume.weights)
+            self.optimizer.load_state_dict(resume.optimizer)
+            self.batch_order.set_state(resume.shuffle)
+            torch.set_rng_state(resume.torch_rng)
+            self.state = dataclasses.replace(resume, config=config)  # e.g. more epochs
+
+    def checkpoint(self) -> TrainingState:
+        """A snapshot that ``fit(resume=…)`` continues from exactly."""
+        return copy.deepcopy(dataclasses.replace(
+            self.state, weights=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            shuffle=self.batch_order.get_state(), torch_rng=torch.get_rng_state(),
+        ))
+
+    def run_epoch(self, epoch: int, rank: int, world_size: int) -> EpochResult:
+        """Train one epoch on this rank's share, score valid, keep the best weights."""
+        started = time.perf_counter()
+        order = epoch_order(len(self.train.split), shuffle=True, generator=self.batch_order,
+                            rank=rank, world_size=world_size)
+        losses = _train_epoch(self.trained, self.model, self.optimizer, self.train, order,
+                              self.config, self.batch_order, epoch)
+        train_seconds = time.perf_counter() - started
+        if not math.isfinite(losses[0]):
+            raise UcrnError(
+                f"training diverged at epoch {epoch} (loss {losses[0]}); lower learning_rate "
+                f"(now {self.config.train.learning_rate:g}) or set grad_clip"
+            )
+        valid = _score(self.model, self.valid, self.config)
+        state = self.state
+        improved = is_better(self.metric, valid[self.metric], state.best_score)
+        if improved:
+            state.best_epoch, state.best_score = epoch, valid[self.metric]
+            state.best_weights = copy.deepcopy(self.model.state_dict())
+        state.epoch = epoch
+        state.history.append({
+            "epoch": epoch, "train_loss": losses[0], "train_task_loss": losses[1],
+            "train_js": losses[2], **{f"valid_{k}": v for k, v in valid.items()},
+        })
+        return EpochResult(epoch, *losses, valid, improved, state.best_epoch, state.best_score,
+                           train_seconds, time.perf_counter() - started)
 
 
 def fit(
@@ -236,8 +282,8 @@ def fit(
     *,
     device: str | torch.device | None = None,
     score_test: bool = True,
-    on_epoch: Callable[[EpochResult, Callable[[], dict]], None] | None = None,
-    resume: dict | None = None,
+    on_epoch: Callable[[EpochResult, Callable[[], TrainingState]], None] | None = None,
+    resume: TrainingState | None = None,
     rank: int = 0,
     world_size: int = 1,
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
@@ -245,91 +291,26 @@ def fit(
     """Train UCRN on ``dataset`` (see the module docstring for the hooks).
 
     ``on_epoch(result, checkpoint)`` is called after every epoch; ``checkpoint()`` returns a
-    snapshot (a dict of tensors and numbers) that ``resume`` continues from exactly.
+    ``TrainingState`` that ``resume`` continues from exactly.
     """
     started = time.perf_counter()
     config = prepare_config(config, dataset)
     device = resolve_device(device)
-    train_config, task = config.train, config.model.task
-    metric = select_metric(config)
-
-    torch.manual_seed(train_config.seed)
-    model = UCRN(config.model).to(device)
-    trained = wrap_model(model) if wrap_model else model
-    optimizer = torch.optim.Adam(  # fused: one kernel for all parameters, 9× faster on CPU
-        model.parameters(), lr=train_config.learning_rate,
-        weight_decay=train_config.weight_decay, fused=True,
-    )
-    shuffle = torch.Generator().manual_seed(train_config.seed)
-    columns, modalities = label_columns(dataset, task), config.model.modalities
-    train = _TaskData(dataset.split("train"), columns, task, device, modalities)
-    valid = _TaskData(dataset.split("valid"), columns, task, device, modalities)
-
-    progress = _Progress(best_state=copy.deepcopy(model.state_dict()))
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        shuffle.set_state(resume["shuffle"])
-        torch.set_rng_state(resume["torch_rng"])
-        progress = _Progress(**resume["progress"])
-
-    def checkpoint() -> dict:
-        return copy.deepcopy({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "shuffle": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
-            "progress": dataclasses.asdict(progress), "config": config.to_dict(),
-        })
-
-    stopped_early = False
-    for epoch in range(progress.epoch + 1, train_config.epochs + 1):
-        if progress.best_epoch and epoch - progress.best_epoch > train_config.patience:
-            stopped_early = True
+    training = _Training(config, dataset, device, resume, wrap_model)
+    state, patience = training.state, config.train.patience
+    for epoch in range(state.epoch + 1, config.train.epochs + 1):
+        if state.best_epoch and epoch - state.best_epoch > patience:
             break
-        epoch_started = time.perf_counter()
-        order = epoch_order(
-            len(train.split), shuffle=True, generator=shuffle, rank=rank, world_size=world_size
-        )
-        train_loss, train_task_loss, train_js = _train_epoch(
-            trained, model, optimizer, train, order, config
-        )
-        train_seconds = time.perf_counter() - epoch_started
-        if not math.isfinite(train_loss):
-            raise UcrnError(
-                f"training diverged at epoch {epoch} (loss {train_loss}); lower learning_rate "
-                f"(now {train_config.learning_rate:g}) or set grad_clip"
-            )
-
-        valid_metrics = _score(model, valid, config)
-        improved = is_better(metric, valid_metrics[metric], progress.best_score)
-        if improved:
-            progress.best_epoch, progress.best_score = epoch, valid_metrics[metric]
-            progress.best_state = copy.deepcopy(model.state_dict())
-        progress.epoch = epoch
-        progress.history.append({
-            "epoch": epoch, "train_loss": train_loss, "train_task_loss": train_task_loss,
-            "train_js": train_js, **{f"valid_{k}": v for k, v in valid_metrics.items()},
-        })
+        result = training.run_epoch(epoch, rank, world_size)
         if on_epoch is not None:
-            on_epoch(EpochResult(
-                epoch, train_loss, train_task_loss, train_js, valid_metrics, improved,
-                progress.best_epoch, progress.best_score, train_seconds,
-                time.perf_counter() - epoch_started,
-            ), checkpoint)
-
-    model.load_state_dict(progress.best_state)
-    best_valid = {
-        key.removeprefix("valid_"): value
-        for key, value in progress.history[progress.best_epoch - 1].items()
-        if key.startswith("valid_")
-    } if progress.best_epoch else {}
+            on_epoch(result, training.checkpoint)
+    model = training.model
+    model.load_state_dict(state.best_weights)
     test = None
     if score_test:
-        test = _score(model, _TaskData(dataset.split("test"), columns, task, device,
-                                       modalities), config)
-    return FitResult(
-        config, model, progress.best_epoch, progress.epoch, stopped_early, best_valid, test,
-        progress.history, time.perf_counter() - started,
-    )
+        test_split = drop_modalities(dataset.split("test"), config.model.modalities)
+        test = evaluate(model, test_split, dataset, config, device)
+    return state.to_fit_result(test, time.perf_counter() - started, model)
 
 
 # ------------------------------------------------------------------------------- run files
@@ -352,7 +333,7 @@ def save_run(out_dir: str | Path, result: FitResult, extra: dict | None = None) 
     """Write ``config.json``, ``model.pt`` and ``metrics.json`` (each file atomically)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {**result.metrics_record(), **(extra or {})}
+    record = {**result.metrics_record(select_metric(result.config)), **(extra or {})}
     _atomic_write(out_dir / "model.pt", lambda p: torch.save(
         {"config": result.config.to_dict(), "state_dict": result.model.state_dict()}, p))
     _atomic_write(out_dir / "config.json", lambda p: result.config.save(p))

@@ -1,12 +1,13 @@
-"""UCRN: Unimodal and Crossmodal Refinement Network (Li et al., EMNLP 2021, §3).
+"""UCRN: Unimodal and Crossmodal Refinement Network (Guo et al., EMNLP 2021, §3).
 
 Data flows as in the paper's Figure 1: per modality a projection and a URM (eq. 2–6), the
 multimodal Jensen–Shannon regulariser on the URM outputs (eq. 7–8, in ``ucrn.losses``),
 SQIL (eq. 9), the CRM over the concatenated weighted representations (eq. 10–11) and two
 fully connected layers to the output (eq. 12). Where the paper is silent, DESIGN.md says
-what we chose: sinusoidal positions, block-diagonal heads with no output projection other
-than FC1, SQIL shared across modalities (its parameters θs carry no modality index), and
-one CRM token per present modality so that the same weights serve any subset.
+what we chose: inputs standardised with train-split statistics, sinusoidal positions,
+block-diagonal heads with no output projection other than FC1, SQIL shared across
+modalities (its parameters θs carry no modality index), and one CRM token per present
+modality, read by a learned fusion token, so that the same weights serve any subset.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ _INT64 = torch.iinfo(torch.int64)
 class HeadSliceAttention(nn.Module):
     """Eq. (3): each head attends within its own slice of the width, plus a residual."""
 
-    def __init__(self, width: int, heads: int, attention_dropout: float):
+    def __init__(self, width: int, heads: int, attention_dropout: float, dropout: float):
         super().__init__()
         self.heads, self.head_width = heads, width // heads
         scale = 1.0 / math.sqrt(self.head_width)
@@ -84,6 +85,11 @@ class HeadSliceAttention(nn.Module):
         )
         self.qkv_bias = nn.Parameter(torch.zeros(3 * width))
         self.attention_dropout = attention_dropout
+        # On the heads' output before the residual joins it (Vaswani et al.'s placement):
+        # eq. (4) has no residual around FC1, so dropout after the join would hit the only
+        # path through every layer (it kept deep, narrow or heavily regularised models from
+        # training at all).
+        self.dropout = Dropout(dropout)
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, last: torch.Tensor | None = None
@@ -104,7 +110,7 @@ class HeadSliceAttention(nn.Module):
             query, key, value, attn_mask=mask,
             dropout_p=self.attention_dropout if self.training else 0.0,
         )  # (B, H, T or 1, dh)
-        joined = attended + slices
+        joined = self.dropout(attended) + slices
         return joined.transpose(1, 2).reshape(batch, joined.shape[2], width)  # ⊕ over heads
 
 
@@ -114,7 +120,9 @@ class RefinementLayer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         width = config.width
-        self.attention = HeadSliceAttention(width, config.heads, config.attention_dropout)
+        self.attention = HeadSliceAttention(
+            width, config.heads, config.attention_dropout, config.dropout
+        )
         self.fc1 = nn.Linear(width, width)
         # Eq. (4) has no residual around FC1: an orthogonal FC1 keeps the signal's scale
         # through a stack of layers (PyTorch's default init shrinks it about 3× per layer).
@@ -129,9 +137,22 @@ class RefinementLayer(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor | None, last: torch.Tensor | None = None
     ) -> torch.Tensor:
         heads = self.attention(x, mask, last)  # eq. (3)  (B, T, d), or (B, 1, d) with last
-        x_hat = self.fc1(self.dropout(heads))  # eq. (4)
+        x_hat = self.fc1(heads)  # eq. (4)
         hidden = F.relu(self.fc2(self.norm(x_hat)))  # (B, T, ffn·d)
         return self.dropout(self.fc3(hidden)) + x_hat  # eq. (5)
+
+
+class InputStandardisation(nn.Module):
+    """x' = (x − mean) / scale with statistics of the train split, kept as buffers so that
+    they travel with the weights (real features come on wildly different scales)."""
+
+    def __init__(self, input_dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(input_dim))
+        self.register_buffer("scale", torch.ones(input_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale  # (B, T, d_m)
 
 
 class URM(nn.Module):
@@ -140,6 +161,7 @@ class URM(nn.Module):
     def __init__(self, input_dim: int, config: ModelConfig):
         super().__init__()
         self.width = config.width
+        self.standardise = InputStandardisation(input_dim)
         self.projection = nn.Linear(input_dim, config.width)
         layer_count = config.urm_layers if config.use_urm else 0
         self.layers = nn.ModuleList(RefinementLayer(config) for _ in range(layer_count))
@@ -155,7 +177,7 @@ class URM(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         batch, steps, _ = x.shape
-        hidden = self.projection(x)  # (B, T, d)
+        hidden = self.projection(self.standardise(x))  # eq. (2)  (B, T, d)
         if lengths is None:
             last = torch.full((batch,), steps - 1, device=x.device)  # (B,)
         else:
@@ -198,14 +220,20 @@ class CRM(nn.Module):
         if self.layers:
             # One learned embedding per modality tells the tokens apart, whichever are present.
             self.modality_embedding = nn.Parameter(torch.zeros(len(MODALITIES), config.width))
+            # A learned fusion token reads the modalities through attention, and its final
+            # state is x^C_j. (A mean over the modality tokens gave a noisy modality a fixed
+            # share of x^C_j, so that fusing it could only hurt.)
+            self.fusion_token = nn.Parameter(0.02 * torch.randn(config.width))
 
     def forward(self, tokens: torch.Tensor, modality_index: torch.Tensor) -> torch.Tensor:
         if not self.layers:
             return tokens.mean(dim=1)  # ablation "without CRM": mean of tokens  (B, d)
         x = tokens + self.modality_embedding[modality_index]  # (B, M, d)
-        for layer in self.layers:
+        x = torch.cat([self.fusion_token.expand(len(x), 1, -1), x], dim=1)  # (B, 1 + M, d)
+        for layer in self.layers[:-1]:
             x = layer(x, None)
-        return x.mean(dim=1)  # (B, d)
+        first = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        return self.layers[-1](x, None, first).squeeze(1)  # the fusion token alone  (B, d)
 
 
 class UCRNOutput(NamedTuple):
@@ -228,6 +256,19 @@ class UCRN(nn.Module):
             nn.Linear(width, width), nn.ReLU(), Dropout(config.dropout),
             nn.Linear(width, OUTPUT_SIZES[config.task]),
         )
+
+    def set_input_statistics(
+        self, statistics: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        """Standardise each modality's inputs with (mean, scale) of the train split."""
+        for modality, urm in self.urms.items():
+            mean, scale = statistics[modality]
+            urm.standardise.mean.copy_(mean)
+            urm.standardise.scale.copy_(scale)
+
+    def input_means(self) -> dict[str, torch.Tensor]:
+        """The train means of the inputs (d_m,): what a masked modality is filled with."""
+        return {m: urm.standardise.mean.detach().cpu() for m, urm in self.urms.items()}
 
     def forward(
         self,

@@ -1,9 +1,10 @@
 """The robustness conditions of the paper's Tables 4 and 5, scored for one trained model.
 
-- ``masked`` (Table 4): the modalities not kept are zeroed; the model still receives them.
+- ``masked`` (Table 4): the modalities not kept carry nothing (their train means, which the
+  model's input standardisation maps to zero); the model still receives them.
 - ``dropped``: the modalities not kept are removed; the model receives only the kept ones.
 - ``noise`` (Table 5): Bernoulli noise with probability p on the named modalities
-  (``ucrn.data.batches.bernoulli_noise``), all modalities present.
+  (``ucrn.data.batches.bernoulli_noise``, at each raw feature's own σ), all modalities present.
 
 Each condition is scored on one split; ``drop_percent`` turns scores into the paper's
 percentage drop relative to the unperturbed model.
@@ -71,7 +72,7 @@ def score_conditions(
             perturbed = base
         elif condition.kind == "masked":
             others = [m for m in config.model.modalities if m not in condition.modalities]
-            perturbed = mask_modalities(base, others)
+            perturbed = mask_modalities(base, others, fill=model.input_means())
         elif condition.kind == "dropped":
             perturbed = drop_modalities(base, condition.modalities)
         else:

@@ -1,12 +1,13 @@
 """Batches from tensors in memory, and the perturbations of the robustness tables.
 
 Batching is tensor indexing only: one permutation per epoch, one ``index_select`` per batch
-and modality, no per-sample Python. ``shard`` gives worker ``rank`` of ``world_size`` its
-equal share of every epoch's order (as ``DistributedSampler`` does), for data parallelism.
+and modality, no per-sample Python. ``epoch_order`` gives worker ``rank`` of ``world_size``
+its equal share of every epoch's order (as ``DistributedSampler`` does), for data parallelism.
+``input_statistics`` are what the model's input standardisation uses (train split only).
 
 Perturbations (paper §4.4):
-- ``mask_modalities``: the features of a modality are zeroed; the model still receives it
-  (Table 4's "masking").
+- ``mask_modalities``: a modality's features carry nothing (its train means, zero after the
+  model's standardisation); the model still receives it (Table 4's "masking").
 - ``drop_modalities``: the modality is removed; the model receives only the others.
 - ``bernoulli_noise``: each feature value of the chosen modalities, at every valid time step,
   independently with probability p, has Gaussian noise added whose standard deviation is that
@@ -21,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from ucrn.config import STANDARDISE
 from ucrn.data.layout import Split
 from ucrn.errors import UcrnError
 
@@ -85,12 +87,21 @@ def _check_modalities(split: Split, modalities: Iterable[str], action: str) -> l
     return modalities
 
 
-def mask_modalities(split: Split, modalities: Iterable[str]) -> Split:
-    """A copy of ``split`` whose named modalities have all-zero features (Table 4)."""
+def mask_modalities(
+    split: Split, modalities: Iterable[str], fill: dict[str, torch.Tensor] | None = None
+) -> Split:
+    """A copy of ``split`` whose named modalities carry no information (Table 4).
+
+    Every valid step of a masked modality holds ``fill[m]`` (d_m,) — the model passes the
+    train means of its inputs, which its standardisation maps to zero — or zeros without
+    ``fill``; padding stays zero.
+    """
     masked = _check_modalities(split, modalities, "mask")
-    features = {
-        m: (torch.zeros_like(x) if m in masked else x) for m, x in split.features.items()
-    }
+    features = dict(split.features)
+    for modality in masked:
+        x = split.features[modality]
+        value = torch.zeros(x.shape[-1]) if fill is None else fill[modality]
+        features[modality] = valid_steps(split, modality) * value.to(x)  # (N, T, d)
     return Split(features, dict(split.lengths), split.labels, split.ids)
 
 
@@ -116,6 +127,49 @@ def valid_steps(split: Split, modality: str) -> torch.Tensor:
     return valid.unsqueeze(-1).to(features.dtype)
 
 
+def feature_moments(split: Split, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation (d,) of each feature over the split's valid steps
+    (summed in float64, a block of samples at a time)."""
+    x = split.features[modality]  # (N, T, d)
+    valid = valid_steps(split, modality)  # (N, T, 1)
+    count = valid.double().sum().clamp(min=1)
+
+    def total(term) -> torch.Tensor:  # Σ over samples and steps of term(block, valid)
+        return sum(term(x[i:i + _BLOCK].double(), valid[i:i + _BLOCK].double()).sum(dim=(0, 1))
+                   for i in range(0, len(x), _BLOCK))
+
+    mean = total(lambda block, ok: block * ok) / count
+    variance = total(lambda block, ok: ((block - mean) * ok) ** 2) / count
+    return mean.float(), variance.sqrt().float()
+
+
+_BLOCK = 1024
+
+
+def input_statistics(split: Split, how: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per modality, the (mean, scale) (d_m,) that standardise its inputs: x' = (x − mean) /
+    scale, from ``split``'s valid steps (the train split; never the data being scored).
+
+    ``modality``: centred per feature, one scale per modality (the root mean square of its
+    features' standard deviations), which keeps an embedding's geometry; ``feature``: a
+    z-score per feature; ``off``: unchanged. A constant feature is centred and not scaled.
+    """
+    if how not in STANDARDISE:
+        raise UcrnError(f"standardise={how!r}: choose one of {', '.join(STANDARDISE)}")
+    statistics = {}
+    for modality in split.modalities:
+        mean, std = feature_moments(split, modality)
+        if how == "off":
+            mean, scale = torch.zeros_like(mean), torch.ones_like(std)
+        elif how == "feature":
+            scale = torch.where(std > 1e-6 * (1 + mean.abs()), std, torch.ones_like(std))
+        else:
+            rms = float(std.square().mean().sqrt())
+            scale = torch.full_like(std, rms if rms > 0 else 1.0)
+        statistics[modality] = (mean, scale)
+    return statistics
+
+
 def bernoulli_noise(
     split: Split, probability: float = 0.5, modalities: Iterable[str] | None = None, seed: int = 0
 ) -> Split:
@@ -129,12 +183,9 @@ def bernoulli_noise(
     features = dict(split.features)
     for modality in chosen:
         x = split.features[modality]  # (N, T, d)
-        valid = valid_steps(split, modality)  # (N, T, 1)
-        count = valid.sum().clamp(min=1)
-        mean = (x * valid).sum(dim=(0, 1)) / count  # (d,)
-        std = (((x - mean) * valid) ** 2).sum(dim=(0, 1)).div(count).sqrt()  # (d,)
+        _, std = feature_moments(split, modality)  # (d,) the raw feature's own σ
         present = torch.bernoulli(torch.full(x.shape, probability), generator=generator)
         gaussian = torch.randn(x.shape, generator=generator)
-        noise = present.to(x.device) * gaussian.to(x.device) * std * valid
-        features[modality] = x + noise
+        noise = present.to(x.device) * gaussian.to(x.device) * std.to(x.device)
+        features[modality] = x + noise * valid_steps(split, modality)
     return Split(features, dict(split.lengths), split.labels, split.ids)

@@ -145,6 +145,7 @@ def _features(
     valid: np.ndarray,
     world: _World,
     rng: np.random.Generator,
+    strength: float = 1.0,
 ) -> np.ndarray:
     count, steps = planted.shape
     dim = len(world.direction[modality])
@@ -155,24 +156,34 @@ def _features(
         offset = rng.normal(0.0, 0.5, size=(count, 1, dim))  # speaker identity
         x = (_ar1(count, steps, dim, rng) + offset) * world.nuisance_scale[modality]
     step_view = view[:, None] + STEP_NOISE * rng.normal(size=(count, steps))  # (N, T)
-    amplitude = PLANT_GAIN[modality] * step_view * planted  # (N, T)
+    amplitude = strength * PLANT_GAIN[modality] * step_view * planted  # (N, T)
     x += amplitude[..., None] * world.direction[modality]
     x += 3.0 * planted[..., None] * world.marker[modality]
     if emotion is not None and modality != "l":
         intensity = np.maximum(emotion, 0.0)  # (N, 6)
-        x += planted[..., None] * (intensity @ world.emotion_direction[modality])[:, None, :]
+        emotion_view = strength * intensity @ world.emotion_direction[modality]  # (N, d)
+        x += planted[..., None] * emotion_view[:, None, :]
     return (x * valid[..., None]).astype(np.float32)
 
 
 def synthesize(
-    preset_name: str, path: str | Path, *, scale: float = 1.0, seed: int = 0
+    preset_name: str, path: str | Path, *, scale: float = 1.0, seed: int = 0,
+    signal: dict[str, float] | None = None,
 ) -> Path:
-    """Write the synthetic data set of ``preset_name`` to ``path`` (in chunks; atomic)."""
+    """Write the synthetic data set of ``preset_name`` to ``path`` (in chunks; atomic).
+
+    ``signal`` scales how strongly each modality's view is planted (1 by default; 0 leaves
+    the modality pure noise: same shapes, nuisance and markers, no sentiment or emotion).
+    """
     if preset_name not in PRESETS:
         raise UcrnError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
     if not 0 < scale <= 1:
         raise UcrnError(f"--scale {scale}: must be in (0, 1]")
     preset = PRESETS[preset_name]
+    signal = {m: 1.0 for m in preset.dims} | (signal or {})
+    wrong = {m: g for m, g in signal.items() if m not in preset.dims or not 0 <= g < 1e6}
+    if wrong:
+        raise UcrnError(f"--signal {wrong}: give modality=strength for l, a, v, strength ≥ 0")
     counts = [max(2, round(n * scale)) for n in preset.counts]
     modalities = list(preset.dims)
     label_names = [SENTIMENT, *EMOTIONS] if preset.emotions else [SENTIMENT]
@@ -183,7 +194,7 @@ def synthesize(
     with create_dataset_file(
         path, name=f"synthetic-{preset.name}", task="regression", modalities=modalities,
         label_names=label_names, source="synthetic",
-        extra_attrs={"preset": preset.name, "scale": scale, "seed": seed,
+        extra_attrs={"preset": preset.name, "scale": scale, "seed": seed, "signal": signal,
                      "generator_version": GENERATOR_VERSION},
     ) as writer:
         for split, count, split_seed in zip(SPLITS, counts, split_seeds, strict=True):
@@ -192,12 +203,17 @@ def synthesize(
             writer.create_split(split, count, shapes, len(label_names), with_lengths=True)
             for start in range(0, count, CHUNK):
                 size = min(CHUNK, count - start)
-                writer.write(split, start, _chunk(preset, world, modalities, size, start,
-                                                   split, rng))
+                writer.write(split, start, _chunk(preset, world, signal, size, start, split,
+                                                   rng))
     return Path(path)
 
 
-def _chunk(preset, world, modalities, size, start, split, rng) -> dict[str, np.ndarray]:
+def _chunk(
+    preset: Preset, world: _World, signal: dict[str, float], size: int, start: int, split: str,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """``size`` samples of ``split``, numbered from ``start``, as arrays of our layout."""
+    modalities = list(preset.dims)
     steps = preset.steps
     sentiment = _sentiments(size, rng)
     views = _views(sentiment, modalities, rng)
@@ -208,7 +224,7 @@ def _chunk(preset, world, modalities, size, start, split, rng) -> dict[str, np.n
     arrays: dict[str, np.ndarray] = {}
     for modality in modalities:
         arrays[modality] = _features(
-            modality, views[modality], emotion, planted, valid, world, rng
+            modality, views[modality], emotion, planted, valid, world, rng, signal[modality]
         )
         arrays[f"{modality}_len"] = lengths.astype(np.int32)
     if emotion is None:
