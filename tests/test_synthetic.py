@@ -1,5 +1,7 @@
 """The synthetic default data: real shapes, deterministic, with the planted structure."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -63,3 +65,25 @@ def test_bad_preset_or_scale_is_refused(tmp_path):
         synthesize("iemocap", tmp_path / "x.h5")
     with pytest.raises(UcrnError, match="scale"):
         synthesize("mosi", tmp_path / "x.h5", scale=0)
+
+
+def test_a_modality_without_signal_loses_exactly_its_planted_sentiment(tmp_path):
+    default = synthesize("mosi", tmp_path / "a.h5", scale=0.2, seed=3)
+    silent = synthesize("mosi", tmp_path / "b.h5", scale=0.2, seed=3, signal={"a": 0.0})
+    with h5py.File(default) as full, h5py.File(silent) as noise:
+        for key in ("l", "v", "labels", "a_len"):
+            assert np.array_equal(full[f"train/{key}"][()], noise[f"train/{key}"][()]), key
+        removed = full["train/a"][()] - noise["train/a"][()]  # (N, T, d): the planted view
+        labels = full["train/labels"][()]
+        assert json.loads(noise.attrs["signal"]) == {"l": 1.0, "a": 0.0, "v": 1.0}
+    view = removed.sum(axis=1) @ np.linalg.lstsq(removed.sum(axis=1), labels, rcond=None)[0]
+    assert np.corrcoef(view, labels)[0, 1] > 0.3  # what was removed carried the sentiment
+
+
+def test_a_bad_signal_strength_is_refused(tmp_path, capsys):
+    from ucrn.cli import main
+
+    assert main(["data", "synth", "--scale", "0.01", "--signal", "x=0",
+                 "-o", str(tmp_path / "x.h5")]) == 2
+    assert "--signal 'x=0'" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
