@@ -9,6 +9,8 @@ so the heads always divide it (paper eq. 3).
 from __future__ import annotations
 
 import json
+import math
+import random
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,10 @@ DEFAULT_SPACE: dict[str, Any] = {
     "lambda_c":      {"uniform": [0.5, 2.0]},        # weight of L_C, the task loss
     "urm_layers":    {"int": [1, 5]},
     "crm_layers":    {"int": [1, 5]},
-    "heads":         {"choice": [1, 2, 3, 4]},
-    "head_width":    {"choice": [6, 8, 10, 12]},     # width = heads × head_width
+    "heads":         {"choice": [2, 3, 4]},
+    "head_width":    {"choice": [8, 10, 12, 16]},    # width = heads × head_width: 16 to 64
     "sqil_layers":   {"int": [0, 3]},
-    "learning_rate": {"loguniform": [2e-4, 3e-3]},
+    "learning_rate": {"loguniform": [5e-4, 3e-3]},
     "batch_size":    {"choice": [16, 32, 64]},
     "dropout":       {"uniform": [0.0, 0.3]},
 }
@@ -159,6 +161,26 @@ def to_tune(space: dict[str, Any]) -> dict[str, Any]:
         else:
             domains[key] = tune.randint(int(arguments[0]), int(arguments[1]) + 1)
     return domains
+
+
+def draw(space: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """One configuration drawn at random from ``space`` (as a trial's sampled values)."""
+    drawn: dict[str, Any] = {}
+    for key, entry in space.items():
+        kind_and_args = _kind(key, entry)
+        if kind_and_args is None:
+            drawn[key] = entry
+            continue
+        kind, arguments = kind_and_args
+        if kind == "choice":
+            drawn[key] = rng.choice(arguments)
+        elif kind == "uniform":
+            drawn[key] = rng.uniform(*arguments)
+        elif kind == "loguniform":
+            drawn[key] = math.exp(rng.uniform(math.log(arguments[0]), math.log(arguments[1])))
+        else:
+            drawn[key] = rng.randint(int(arguments[0]), int(arguments[1]))
+    return drawn
 
 
 def trial_overrides(trial_config: dict[str, Any], base: Config) -> dict[str, Any]:
