@@ -90,3 +90,14 @@ def test_every_ablation_is_a_valid_override():
     for name, overrides in ABLATIONS.items():
         assert apply_overrides(Config(), overrides), name
     assert apply_overrides(Config(), ABLATIONS["no_mjs"]).train.lambda_m == 0.0
+
+
+def test_every_way_of_choosing_the_modalities_counts():
+    from ucrn.config import config_from_options
+
+    for pairs, options in ((["model.modalities=l"], {}), (["modalities=l,a"], {}),
+                           ([], {"modalities": "l"})):
+        config, chosen = config_from_options(None, pairs, **options)
+        assert chosen and "v" not in config.model.modalities
+    config, chosen = config_from_options(None, ["lambda_m=0.5"], epochs=3, seed=None)
+    assert not chosen and config.train.lambda_m == 0.5 and config.train.epochs == 3

@@ -40,6 +40,18 @@ def test_zero_seeds_fail_before_ray(capsys, tiny_mosi, tmp_path):
     assert "--seeds 0" in line
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--workers-per-trial", "0", "--workers-per-trial 0: give at least 1"),
+    ("--cpus-per-worker", "-1", "--cpus-per-worker -1.0: give a number ≥ 0"),
+    ("--gpus-per-worker", "0.5", "could share a GPU"),
+])
+def test_impossible_resources_fail_before_ray(capsys, tiny_mosi, tmp_path, option, value,
+                                              message):
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--workers-per-trial", "2",
+                             option, value, "--out", str(tmp_path))
+    assert message in line
+
+
 def test_an_unknown_baseline_metric_fails_before_ray(capsys, tiny_mosi, tmp_path):
     baselines = tmp_path / "baselines.csv"
     baselines.write_text("method,dataset,metric,value\nMulT,mosi,Acc_2_magic,0.8\n")

@@ -90,3 +90,12 @@ def test_is_better_knows_which_way_each_metric_goes():
     assert is_better("Corr", 0.7, 0.6) and not is_better("Corr", 0.6, 0.7)
     assert is_better("MAE", 1.0, None)
     assert not is_better("Corr", float("nan"), 0.1)
+
+
+def test_one_direction_of_better_for_every_metric_name():
+    from ucrn.metrics import is_better, mode
+
+    assert mode("MAE") == mode("valid_MAE") == mode("test_loss") == "min"
+    assert mode("Non0_acc_2") == mode("valid_Corr") == mode("mean_wa") == "max"
+    assert is_better("valid_MAE", 0.9, 1.0) and not is_better("MAE", 1.1, 1.0)
+    assert is_better("Corr", 0.7, 0.6) and not is_better("Corr", float("nan"), 0.6)

@@ -61,6 +61,35 @@ def test_a_test_split_metric_is_refused(capsys, tiny_mosi, tmp_path):
     assert "validation metric" in line
 
 
+@pytest.mark.parametrize("metric, mode", [("valid_MAE", "max"), ("valid_Corr", "min")])
+def test_a_mode_against_the_metrics_direction_fails_before_ray(capsys, tiny_mosi, tmp_path,
+                                                               metric, mode):
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--metric", metric,
+                             "--mode", mode, "--storage", str(tmp_path))
+    assert f"--mode {mode} contradicts {metric}" in line
+
+
+def test_data_parallel_workers_on_a_shared_gpu_fail_before_ray(capsys, tiny_mosi, tmp_path):
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--workers-per-trial", "2",
+                             "--gpus-per-worker", "0.25", "--storage", str(tmp_path))
+    assert "could share a GPU" in line and "--gpus-per-worker 1" in line
+
+
+def test_data_parallel_workers_get_whole_gpus_by_default():
+    from types import SimpleNamespace
+
+    from tuning.trials import resources_for
+
+    def args(workers):
+        return SimpleNamespace(gpus_per_worker=None, cpus_per_worker=1.0, max_concurrent=2,
+                               workers_per_trial=workers, max_failures=2)
+
+    with_gpu, without = SimpleNamespace(cpus=16, gpus=1), SimpleNamespace(cpus=16, gpus=0)
+    assert resources_for(args(1), with_gpu).gpus_per_worker == 0.25
+    assert resources_for(args(2), with_gpu).gpus_per_worker == 1.0
+    assert resources_for(args(2), without).gpus_per_worker == 0.0
+
+
 @pytest.mark.parametrize("space, message", [
     ({"heads": {"choice": [3, 4]}, "head_width": None}, "heads=4 is impossible"),
     ({"width": {"choice": [30, 32]}}, "search head_width"),
@@ -182,12 +211,12 @@ def test_a_killed_search_resumes_and_keeps_every_completed_trial(ray_session, ti
 @pytest.mark.slow
 def test_a_worker_that_fails_once_is_retried_from_its_checkpoint(tiny_mosi, tmp_path):
     marker = tmp_path / "failed-once"
-    environment = {**os.environ, "UCRN_TEST_FAIL_ONCE_MARKER": str(marker)}
     finished = subprocess.run(
-        [*SEARCH, "--data", str(tiny_mosi), "--num-samples", "1", "--epochs", "3",
+        [sys.executable, str(ROOT / "tests" / "fail_once_search.py"), str(marker),
+         "--data", str(tiny_mosi), "--num-samples", "1", "--epochs", "3",
          "--grace-period", "3", "--set", "urm_layers=1", "--set", "crm_layers=1",
          "--storage", str(tmp_path), "--name", "exp"],
-        env=environment, capture_output=True, text=True, timeout=420,
+        capture_output=True, text=True, timeout=420,
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert marker.exists()  # the failure happened

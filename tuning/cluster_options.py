@@ -6,6 +6,9 @@ No Ray import here: options are parsed and checked before Ray starts.
 from __future__ import annotations
 
 import argparse
+import math
+
+from ucrn.errors import UcrnError
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -20,8 +23,31 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
     cluster.add_argument("--cpus-per-worker", type=float,
                          help="default: the cluster's CPUs shared by the concurrent trials")
     cluster.add_argument("--gpus-per-worker", type=float,
-                         help="e.g. 0.25 packs four trials on a GPU (default: 0.25 when the "
-                         "cluster has GPUs, else 0)")
+                         help="e.g. 0.25 packs four trials on a GPU (default with GPUs: 0.25 "
+                         "for one worker per trial, 1 for data parallelism; without: 0)")
     cluster.add_argument("--max-failures", type=int, default=2,
                          help="restarts of a failed trial from its last checkpoint")
     return cluster
+
+
+def check_cluster_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before Ray starts, resources no trial can use."""
+    for name in ("max_concurrent", "workers_per_trial"):
+        if getattr(args, name) < 1:
+            raise UcrnError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
+    if args.max_failures < 0:
+        raise UcrnError(f"--max-failures {args.max_failures}: give 0 or more")
+    for name in ("cpus_per_worker", "gpus_per_worker"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UcrnError(f"--{name.replace('_', '-')} {value}: give a number ≥ 0")
+    if args.cpus_per_worker == 0:
+        raise UcrnError("--cpus-per-worker 0: a worker needs some CPU, e.g. 0.5")
+    gpus = args.gpus_per_worker
+    if args.workers_per_trial > 1 and gpus and not float(gpus).is_integer():
+        raise UcrnError(
+            f"--workers-per-trial {args.workers_per_trial} with --gpus-per-worker {gpus:g}: "
+            "two workers of one trial could share a GPU, which NCCL refuses (\"Duplicate GPU "
+            "detected\"); give each worker whole GPUs (--gpus-per-worker 1) or use one worker "
+            "per trial"
+        )

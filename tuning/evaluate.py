@@ -29,7 +29,7 @@ import pandas as pd
 from ray.tune import Callback
 from rich.console import Console
 
-from tuning.cluster_options import add_cluster_arguments
+from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.tables import (
     condition_table,
     markdown,
@@ -39,18 +39,13 @@ from tuning.tables import (
     summary_table,
 )
 from tuning.tables import console as table_console
-from ucrn.config import (
-    ABLATIONS,
-    Config,
-    apply_overrides,
-    load_config,
-    parse_set_options,
-)
+from ucrn.config import ABLATIONS, Config, apply_overrides, config_from_options
 from ucrn.data.layout import Dataset
-from ucrn.data.synthetic import ensure_default_data
+from ucrn.data.synthetic import data_or_default
 from ucrn.engine import load_training_data
 from ucrn.errors import UcrnError, exit_status
-from ucrn.metrics import LOWER_IS_BETTER
+from ucrn.files import atomic_write, check_directory
+from ucrn.metrics import is_better
 from ucrn.model import UCRN, count_parameters
 from ucrn.robustness import drop_percent, score_conditions
 from ucrn.state import TrainingState
@@ -92,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "takes (default: the paper's defaults)")
     parser.add_argument("--data", help="an .h5 data file (default: the embedded synthetic "
                         "MOSI)")
+    parser.add_argument("--modalities", help="e.g. l,a (default: the config's, else all the "
+                        "data has)")
     parser.add_argument("--seeds", type=int, default=10, help="runs per variant (default 10)")
     parser.add_argument("--ablations", default=",".join(ABLATIONS),
                         help=f"comma list of {', '.join(ABLATIONS)}, or none (default: all)")
@@ -149,8 +146,7 @@ def plan_evaluation(argv: Sequence[str] | None = None) -> Plan:
     args = build_parser().parse_args(argv)
     if args.seeds < 1:
         raise UcrnError(f"--seeds {args.seeds}: give at least 1")
-    if args.max_concurrent < 1:
-        raise UcrnError("--max-concurrent must be at least 1")
+    check_cluster_arguments(args)
     if not 0.0 <= args.noise <= 1.0:
         raise UcrnError(f"--noise {args.noise}: a probability in [0, 1]")
     variants = [FULL]
@@ -160,13 +156,9 @@ def plan_evaluation(argv: Sequence[str] | None = None) -> Plan:
                 raise UcrnError(f"--ablations: unknown {name!r}; choose from "
                                 f"{', '.join(ABLATIONS)} or none")
             variants.append(name)
-    overrides: dict[str, Any] = parse_set_options(args.set or [])
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    base = apply_overrides(load_config(args.config) if args.config else Config(), overrides)
-    data_path = Path(args.data) if args.data else ensure_default_data()
-    chosen = bool(args.config or "modalities" in overrides)
-    base, dataset = load_training_data(base, data_path, chosen)
+    base, chosen = config_from_options(args.config, args.set, modalities=args.modalities,
+                                       epochs=args.epochs)
+    base, dataset = load_training_data(base, data_or_default(args.data), chosen)
     if args.config:
         _check_feature_sizes(Path(args.config), dataset)
     baselines = _read_baselines(args.baselines, base.model.task)
@@ -210,11 +202,9 @@ def record_run(plan: Plan, variant: str, seed: int, state: TrainingState) -> dic
         "epochs": state.epoch, "params": count_parameters(model), "valid": state.best_valid(),
         "test": conditions["full"], "conditions": conditions, "config": config.to_dict(),
     }
-    runs = plan.out / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    temporary = runs / f".{run_key(variant, seed)}.json.part"
-    temporary.write_text(json.dumps(record, indent=1) + "\n")
-    temporary.replace(runs / f"{run_key(variant, seed)}.json")
+    runs = check_directory(plan.out / "runs", "--out")
+    atomic_write(runs / f"{run_key(variant, seed)}.json",
+                 lambda path: Path(path).write_text(json.dumps(record, indent=1) + "\n"))
     return record
 
 
@@ -369,8 +359,7 @@ def rpi_table(plan: Plan, main: pd.DataFrame) -> pd.DataFrame:
         if metric not in ours.index:
             continue
         mean, std = ours.loc[metric, "mean"], ours.loc[metric, "std"]
-        better = (mean < baseline["value"]) if metric in LOWER_IS_BETTER else (
-            mean > baseline["value"])
+        better = is_better(metric, mean, float(baseline["value"]))
         rows.append({"baseline": baseline["method"], "metric": metric,
                      "baseline value": float(baseline["value"]), "our mean": mean,
                      "our std": std, "RPI": abs(mean - baseline["value"]) / std if std else

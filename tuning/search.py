@@ -23,21 +23,17 @@ from typing import Any
 
 from rich.console import Console
 
-from tuning.cluster_options import add_cluster_arguments
+from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.space import load_space, trial_overrides
 from tuning.tables import console as table_console
-from tuning.tables import metric_mode
 from ucrn.cli import metrics_table
-from ucrn.config import (
-    Config,
-    apply_overrides,
-    load_config,
-    parse_set_options,
-)
+from ucrn.config import Config, apply_overrides, config_from_options, parse_set_options
 from ucrn.data.layout import Dataset
-from ucrn.data.synthetic import ensure_default_data
+from ucrn.data.synthetic import data_or_default
 from ucrn.engine import evaluate, load_training_data, save_run
 from ucrn.errors import UcrnError, exit_status
+from ucrn.files import check_directory
+from ucrn.metrics import mode as metric_mode
 from ucrn.state import FitResult
 from ucrn.tasks import metric_names
 
@@ -78,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validation metric to optimise (default valid_MAE; e.g. "
                         "valid_Non0_acc_2)")
     search.add_argument("--mode", choices=("min", "max"),
-                        help="default: min for MAE and loss, max otherwise")
+                        help="optional: the metric's own direction (min for MAE and loss, "
+                        "max otherwise); any other is refused")
     search.add_argument("--grace-period", type=int, default=2,
                         help="epochs before ASHA may stop a trial (default 2)")
     search.add_argument("--seed", type=int, default=0, help="Optuna's seed and the trials'")
@@ -96,6 +93,12 @@ def _is_uri(path: str) -> bool:
 
 
 def _experiment_path(args: argparse.Namespace) -> str:
+    if args.name is not None and (args.name in ("", ".", "..") or "/" in args.name
+                                  or "\\" in args.name or args.name.startswith("~")):
+        raise UcrnError(f"--name {args.name!r}: give one folder name (no '/', '..' or '~'); "
+                        "--storage says where it goes")
+    if not _is_uri(args.storage):
+        check_directory(args.storage, "--storage")
     storage = args.storage if _is_uri(args.storage) else str(Path(args.storage).resolve())
     if args.name:
         return f"{storage.rstrip('/')}/{args.name}"
@@ -112,18 +115,16 @@ def _experiment_path(args: argparse.Namespace) -> str:
 def plan_search(argv: Sequence[str] | None = None) -> Plan:
     """Parse and check every input; nothing here starts Ray."""
     args = build_parser().parse_args(argv)
-    for name in ("num_samples", "max_concurrent", "epochs", "grace_period",
-                 "workers_per_trial"):
+    for name in ("num_samples", "epochs", "grace_period"):
         if getattr(args, name) < 1:
             raise UcrnError(f"--{name.replace('_', '-')} must be at least 1")
+    check_cluster_arguments(args)
+    experiment = _experiment_path(args)
     if args.grace_period > args.epochs:
         raise UcrnError(f"--grace-period {args.grace_period} exceeds --epochs {args.epochs}")
-    fixed: dict[str, Any] = parse_set_options(args.set or [])
-    overrides = {**fixed, "epochs": args.epochs, "seed": args.seed, "patience": args.epochs}
-    if args.modalities:
-        overrides["modalities"] = args.modalities
-    base = apply_overrides(load_config(args.config) if args.config else Config(), overrides)
-    space = load_space(args.space, base, fixed)
+    base, chosen = config_from_options(args.config, args.set, modalities=args.modalities,
+                                       epochs=args.epochs, seed=args.seed, patience=args.epochs)
+    space = load_space(args.space, base, parse_set_options(args.set or []))
 
     if not args.metric.startswith("valid_"):
         raise UcrnError(
@@ -136,18 +137,23 @@ def plan_search(argv: Sequence[str] | None = None) -> Plan:
             f"--metric {args.metric} is not a metric of task {base.model.task!r}; choose "
             f"one of {', '.join('valid_' + n for n in names)}"
         )
-    mode = args.mode or metric_mode(args.metric)
+    mode = metric_mode(args.metric)
+    if args.mode and args.mode != mode:
+        raise UcrnError(
+            f"--mode {args.mode} contradicts {args.metric}, for which {mode} is better; leave "
+            "--mode out (the direction follows the metric)"
+        )
     base = apply_overrides(base, {"select_metric": args.metric.removeprefix("valid_")})
 
-    data_path = Path(args.data) if args.data else ensure_default_data()
-    chosen = bool(args.modalities or args.config or "modalities" in fixed)
-    base, dataset = load_training_data(base, data_path, chosen)
+    base, dataset = load_training_data(base, data_or_default(args.data), chosen)
 
-    experiment = _experiment_path(args)
     if not _is_uri(experiment):
         exists = (Path(experiment) / "tuner.pkl").exists()
         if args.resume and not exists:
             raise UcrnError(f"--resume: {experiment} holds no experiment to resume")
+        if args.resume and (Path(experiment) / "best.json").exists():
+            raise UcrnError(f"--resume: {experiment} is finished (its best.json holds the test "
+                            "score, taken once); nothing was changed — start a new --name")
         if not args.resume and Path(experiment).exists():
             raise UcrnError(f"{experiment} exists; pass --resume to continue it, or another "
                             "--name")

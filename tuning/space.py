@@ -34,7 +34,7 @@ DEFAULT_SPACE: dict[str, Any] = {
 KINDS = ("uniform", "loguniform", "int", "choice")
 DERIVED = {"width": "head_width"}  # searched through another key
 # Settings the search itself owns; a space that sets them would fight the command line.
-RESERVED = ("epochs", "seed", "select_metric", "modalities", "input_dims")
+RESERVED = ("epochs", "seed", "select_metric", "modalities", "input_dims", "task")
 
 
 def load_space(
@@ -62,7 +62,8 @@ def load_space(
         else:
             overrides = json.loads(text)
     except Exception as error:  # noqa: BLE001 - JSON and YAML raise different errors
-        raise UcrnError(f"--space {path} cannot be parsed: {error}") from None
+        reason = " ".join(str(error).split())  # YAML's messages run over several lines
+        raise UcrnError(f"--space {path} cannot be parsed: {reason}") from None
     if not isinstance(overrides, dict):
         raise UcrnError(f"--space {path} must hold a mapping of setting → range")
     for key, value in overrides.items():
@@ -124,7 +125,8 @@ def check_space(space: dict[str, Any], base: Config | None = None) -> dict[str, 
                 f"heads × {DERIVED[key]}, so the heads always divide it)"
             )
         if key in RESERVED:
-            raise UcrnError(f"{key} is set by the search's own options, not by the space")
+            raise UcrnError(f"{key} is set by the search's own options, not by the space "
+                            f"(fix it for every trial with --set {key}=...)")
         if key != "head_width" and key not in MODEL_KEYS and key not in TRAIN_KEYS:
             raise UcrnError(f"unknown setting {key!r} in the search space")
     base = base or Config()

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ucrn.metrics import LOWER_IS_BETTER
+from ucrn.metrics import is_better, mode
 
 SHORT_NAMES = {
     "lambda_m": "λm", "lambda_c": "λc", "urm_layers": "URM", "crm_layers": "CRM", "heads": "H",
@@ -25,11 +25,6 @@ def console(stream=None) -> Console:
     """A rich console that stays wide enough for the trial tables when not on a terminal."""
     stream = stream or sys.stdout
     return Console(file=stream, width=None if stream.isatty() else 160)
-
-
-def metric_mode(metric: str) -> str:
-    """``min`` for validation losses and MAE, ``max`` for everything else."""
-    return "min" if metric.removeprefix("valid_") in LOWER_IS_BETTER else "max"
 
 
 def _cell(value: Any) -> str:
@@ -59,13 +54,13 @@ def trial_rows(results: list[tuple[str, str, dict, pd.DataFrame | None]], metric
 
     ``results`` holds (trial_id, status, config, per-epoch metrics) for each trial.
     """
-    mode = metric_mode(metric)
+    direction = mode(metric)
     rows = []
     for trial_id, status, config, history in results:
         row: dict[str, Any] = {"trial": trial_id[:8], "status": status}
         if history is not None and metric in history and history[metric].notna().any():
             scores = history[metric]
-            best = scores.idxmin() if mode == "min" else scores.idxmax()
+            best = scores.idxmin() if direction == "min" else scores.idxmax()
             row.update({"epochs": int(history["epoch"].max()), metric: scores[best],
                         "best epoch": int(history.loc[best, "epoch"])})
         else:
@@ -74,7 +69,7 @@ def trial_rows(results: list[tuple[str, str, dict, pd.DataFrame | None]], metric
         rows.append(row)
     frame = pd.DataFrame(rows)
     if not frame.empty:
-        frame = frame.sort_values(metric, ascending=mode == "min", na_position="last")
+        frame = frame.sort_values(metric, ascending=direction == "min", na_position="last")
     return frame.reset_index(drop=True)
 
 
@@ -121,9 +116,7 @@ class LiveTrialTable(Callback):
         value = result.get(self.metric, float("nan"))
         row["epoch"] = f"{result.get('epoch', 0)}/{self.max_epochs}"
         row["last"] = value
-        better = (value < row["best"]) if metric_mode(self.metric) == "min" else (
-            value > row["best"])
-        if math.isnan(row["best"]) or better:
+        if is_better(self.metric, value, row["best"]):
             row["best"] = value
         self._show()
 

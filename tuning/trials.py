@@ -46,11 +46,12 @@ def resources_for(args, session) -> Resources:
     """Per-worker resources from the cluster options and what the cluster has.
 
     By default the CPUs are shared by the concurrent trials' workers (at most 4 each), and a
-    cluster with GPUs gives each worker a quarter of one: UCRN is small.
+    cluster with GPUs gives a single-worker trial a quarter of one (UCRN is small) and each
+    worker of a data-parallel trial a whole one (NCCL refuses two ranks on one GPU).
     """
     gpus_per_worker = args.gpus_per_worker
     if gpus_per_worker is None:
-        gpus_per_worker = 0.25 if session.gpus > 0 else 0.0
+        gpus_per_worker = (0.25 if args.workers_per_trial == 1 else 1.0) if session.gpus else 0.0
     if gpus_per_worker > 0 and session.gpus == 0:
         raise UcrnError(f"--gpus-per-worker {gpus_per_worker}: the cluster has no GPU")
     cpus_per_worker = args.cpus_per_worker

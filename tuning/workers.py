@@ -7,7 +7,6 @@ the resumable checkpoint. A restarted worker group continues from the last check
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +22,6 @@ from ucrn.engine import EpochResult, fit
 from ucrn.state import TrainingState
 
 CHECKPOINT_FILE = "state.pt"
-# Test hook: a marker path; the first worker to reach epoch 2 without it creates it and fails.
-FAIL_ONCE_ENV = "UCRN_TEST_FAIL_ONCE_MARKER"
 
 
 def epoch_metrics(result: EpochResult) -> dict[str, Any]:
@@ -42,13 +39,6 @@ def read_checkpoint(checkpoint: ray.train.Checkpoint) -> TrainingState:
     with checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     return TrainingState.from_dict(saved)
-
-
-def _fail_once(epoch: int) -> None:
-    marker = os.environ.get(FAIL_ONCE_ENV)
-    if marker and epoch == 2 and not Path(marker).exists():
-        Path(marker).touch()
-        raise RuntimeError("injected worker failure (test hook)")
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -83,7 +73,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     def on_epoch(result: EpochResult, checkpoint: Callable[[], TrainingState]) -> None:
-        _fail_once(result.epoch)
         report({**epoch_metrics(result), "node_id": node_id}, checkpoint)
 
     fit(config, dataset, device=device, score_test=False, on_epoch=on_epoch, resume=resume,

@@ -18,14 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ucrn import MODALITY_NAMES, __version__
-from ucrn.config import (
-    Config,
-    apply_overrides,
-    load_config,
-    parse_modalities,
-    parse_set_options,
-)
+from ucrn.config import config_from_options, parse_modalities
 from ucrn.errors import UcrnError, exit_status
+from ucrn.files import check_directory, check_output_path
 
 console = Console(stderr=True)
 stdout = Console()
@@ -55,6 +50,7 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
 def command_synth(args: argparse.Namespace) -> None:
     from ucrn.data.synthetic import synthesize
 
+    check_output_path(args.output, "-o", overwrite=args.force)
     started = time.perf_counter()
     with console.status(f"writing synthetic {args.preset} data to {args.output}"):
         path = synthesize(args.preset, args.output, scale=args.scale, seed=args.seed,
@@ -92,6 +88,12 @@ def command_convert(args: argparse.Namespace) -> None:
     from ucrn.data.convert import convert_pickle
     from ucrn.data.csd import convert_csd, read_folds, standard_folds
 
+    output = check_output_path(args.output, "-o", overwrite=args.force)
+    inputs = [args.labels, *_feature_files(args.features).values()] if args.format == "csd" \
+        else [args.path]
+    for source in map(Path, inputs):
+        if output.exists() and source.exists() and output.samefile(source):
+            raise UcrnError(f"-o {output} is the input {source}; write the output elsewhere")
     started = time.perf_counter()
     if args.format == "csd":
         if args.folds and args.dataset:
@@ -127,7 +129,11 @@ def command_convert(args: argparse.Namespace) -> None:
 
 
 def command_inspect(args: argparse.Namespace) -> None:
+    from ucrn.data.layout import load_dataset
+
+    load_dataset(args.file)  # checked as training reads it: what inspect accepts, train reads
     _print_summary(Path(args.file))
+    console.print(f"{args.file}: every split, key and value checked as training reads them")
 
 
 def _print_summary(path: Path) -> None:
@@ -171,37 +177,26 @@ def _print_summary(path: Path) -> None:
 # ----------------------------------------------------------------------------------- train
 
 
-def _training_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config) if args.config else Config()
-    overrides: dict = parse_set_options(args.set or [])
-    for key in ("modalities", "epochs", "seed"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides[key] = value
-    return apply_overrides(config, overrides)
-
-
 def _data_path(args: argparse.Namespace) -> Path:
-    if args.data:
-        return Path(args.data)
-    from ucrn.data.synthetic import default_data_path, ensure_default_data
+    from ucrn.data.synthetic import data_or_default, default_data_path
 
-    if not default_data_path().exists():
-        with console.status(f"making the embedded synthetic MOSI data at {default_data_path()}"):
-            return ensure_default_data()
-    return ensure_default_data()
+    if args.data or default_data_path().exists():
+        return data_or_default(args.data)
+    with console.status(f"making the embedded synthetic MOSI data at {default_data_path()}"):
+        return data_or_default(None)
 
 
 def command_train(args: argparse.Namespace) -> None:
-    from ucrn.engine import fit, load_training_data, save_run, select_metric
+    from ucrn.engine import fit, load_training_data, resolve_device, save_run, select_metric
 
-    config = _training_config(args)
+    config, chosen = config_from_options(args.config, args.set, modalities=args.modalities,
+                                         epochs=args.epochs, seed=args.seed)
     out_dir = Path(args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"))
-    if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
         raise UcrnError(f"--out {out_dir} is not empty; choose another directory or --overwrite")
+    resolve_device(args.device)
+    check_directory(out_dir, "--out", create=False)  # before any work: no result is lost
     data_path = _data_path(args)
-    chosen = bool(args.modalities or args.config or any(
-        pair.split("=")[0].strip().endswith("modalities") for pair in args.set or []))
     config, dataset = load_training_data(config, data_path, chosen)
     metric = select_metric(config)
     console.print(
@@ -294,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how strongly a modality carries the sentiment (default 1; "
                        "a=0: audio is pure noise); e.g. --signal a=0,v=0.5")
     synth.add_argument("-o", "--output", required=True, help="the .h5 file to write")
+    synth.add_argument("--force", action="store_true", help="replace an existing -o file")
     synth.set_defaults(run=command_synth)
     convert = data_commands.add_parser(
         "convert", help="convert MulT / MMSA pickles or CMU-SDK .csd files to our layout")
@@ -317,10 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="convert without videos that lack features (they are counted)")
     for sub in formats.choices.values():
         sub.add_argument("-o", "--output", required=True, help="the .h5 file to write")
+        sub.add_argument("--force", action="store_true", help="replace an existing -o file")
         sub.add_argument("--name", help="data set name (default: the file's stem)")
         sub.set_defaults(run=command_convert)
     inspect = data_commands.add_parser(
-        "inspect", help="splits, shapes, label statistics and provenance")
+        "inspect", help="check a file as training reads it; splits, shapes, label statistics "
+        "and provenance")
     inspect.add_argument("file")
     inspect.set_defaults(run=command_inspect)
 

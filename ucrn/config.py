@@ -25,6 +25,16 @@ TASKS = ("regression", "binary", "seven_class", "emotions")
 STANDARDISE = ("modality", "feature", "off")
 
 
+# Upper bounds far above any sensible setting, so that a typo fails at once instead of
+# building a model that never finishes.
+MAX_WIDTH, MAX_LAYERS, MAX_INPUT_DIM, MAX_COUNT = 4096, 64, 1_000_000, 1_000_000
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise UcrnError(f"{name}={value}: must be between {low} and {high:,}")
+
+
 @dataclass
 class ModelConfig:
     """The UCRN architecture (paper §3)."""
@@ -56,11 +66,12 @@ class ModelConfig:
         missing = [m for m in self.modalities if m not in self.input_dims]
         if missing:
             raise UcrnError(f"input_dims lacks modality {','.join(missing)}")
-        for name in ("width", "heads", "urm_layers", "crm_layers", "ffn_multiplier"):
-            if getattr(self, name) < 1:
-                raise UcrnError(f"{name}={getattr(self, name)}: must be at least 1")
-        if self.sqil_layers < 0:
-            raise UcrnError(f"sqil_layers={self.sqil_layers}: must be 0 or more")
+        for modality, size in self.input_dims.items():
+            _check_range(f"input_dims[{modality}]", size, 1, MAX_INPUT_DIM)
+        for name, low, high in (("width", 1, MAX_WIDTH), ("heads", 1, MAX_WIDTH),
+                                ("urm_layers", 1, MAX_LAYERS), ("crm_layers", 1, MAX_LAYERS),
+                                ("ffn_multiplier", 1, 64), ("sqil_layers", 0, MAX_LAYERS)):
+            _check_range(name, getattr(self, name), low, high)
         if self.width % self.heads:
             raise UcrnError(
                 f"heads={self.heads} does not divide width={self.width}: each head takes an "
@@ -99,10 +110,9 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``UcrnError`` for settings that cannot train."""
         for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise UcrnError(f"{name}={getattr(self, name)}: must be at least 1")
-        if self.lambda_m_warmup < 0:
-            raise UcrnError(f"lambda_m_warmup={self.lambda_m_warmup}: must be 0 or more")
+            _check_range(name, getattr(self, name), 1, MAX_COUNT)
+        _check_range("lambda_m_warmup", self.lambda_m_warmup, 0, MAX_COUNT)
+        _check_range("seed", self.seed, 0, 2**32 - 1)
         for name in ("learning_rate", "weight_decay", "grad_clip", "lambda_m", "lambda_c"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -184,7 +194,7 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             if not isinstance(value, dict):
                 raise ValueError
             return {str(k): int(v) for k, v in value.items()}
-    except (TypeError, ValueError, json.JSONDecodeError):
+    except (TypeError, ValueError, OverflowError, json.JSONDecodeError):
         pass
     name = kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
     raise UcrnError(f"{key}={value!r}: expected a value of type {name}")
@@ -239,6 +249,21 @@ def parse_set_options(pairs: list[str]) -> dict[str, str]:
             raise UcrnError(f"--set {pair!r}: write key=value, e.g. --set learning_rate=5e-4")
         overrides[key.strip()] = value.strip()
     return overrides
+
+
+def config_from_options(
+    config_file: str | None, set_pairs: list[str] | None, **options: Any
+) -> tuple[Config, bool]:
+    """The config a command was given — ``--config`` (else the paper's defaults), then
+    ``--set``, then the command's own options (``None``: not given) — and whether the user
+    chose the modalities (``--modalities``, ``--config`` or ``--set [model.]modalities``).
+    Every entry point (``ucrn train``, the search, the evaluator) builds its config here."""
+    overrides: dict[str, Any] = parse_set_options(set_pairs or [])
+    chosen = bool(config_file) or options.get("modalities") is not None or any(
+        key.rsplit(".", 1)[-1] == "modalities" for key in overrides)
+    overrides.update({key: value for key, value in options.items() if value is not None})
+    base = load_config(config_file) if config_file else Config()
+    return apply_overrides(base, overrides), chosen
 
 
 def default_modalities(config: Config, data_modalities: list[str], chosen: bool) -> Config:

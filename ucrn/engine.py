@@ -17,8 +17,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from ucrn.config import Config, config_from_dict, default_modalities
 from ucrn.data.batches import drop_modalities, epoch_order, input_statistics, iterate_batches
 from ucrn.data.layout import Dataset, Split, load_dataset, read_attrs
 from ucrn.errors import UcrnError
+from ucrn.files import atomic_write, check_directory
 from ucrn.losses import task_loss, ucrn_loss
 from ucrn.metrics import is_better
 from ucrn.model import UCRN
@@ -45,10 +44,22 @@ from ucrn.tasks import (
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else the GPU when there is one, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The given device, else the GPU when there is one, else the CPU; a clear error for a
+    device this machine does not have."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UcrnError(f"--device {device!r}: not a device; give cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UcrnError(f"--device {device}: this machine has no GPU that torch can use; "
+                        "give --device cpu")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise UcrnError(f"--device {device}: there are {torch.cuda.device_count()} GPUs")
+    if chosen.type not in ("cpu", "cuda"):
+        raise UcrnError(f"--device {device}: ucrn runs on cpu or cuda")
+    return chosen
 
 
 def select_metric(config: Config) -> str:
@@ -318,26 +329,14 @@ def fit(
 RUN_FILES = ("config.json", "model.pt", "metrics.json")
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def save_run(out_dir: str | Path, result: FitResult, extra: dict | None = None) -> Path:
     """Write ``config.json``, ``model.pt`` and ``metrics.json`` (each file atomically)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_directory(out_dir, "run directory")
     record = {**result.metrics_record(select_metric(result.config)), **(extra or {})}
-    _atomic_write(out_dir / "model.pt", lambda p: torch.save(
+    atomic_write(out_dir / "model.pt", lambda p: torch.save(
         {"config": result.config.to_dict(), "state_dict": result.model.state_dict()}, p))
-    _atomic_write(out_dir / "config.json", lambda p: result.config.save(p))
-    _atomic_write(out_dir / "metrics.json",
+    atomic_write(out_dir / "config.json", lambda p: result.config.save(p))
+    atomic_write(out_dir / "metrics.json",
                   lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
     return out_dir
 
@@ -351,11 +350,37 @@ def load_run(
         path = path / "model.pt"
     if not path.is_file():
         raise UcrnError(f"checkpoint {path} does not exist; give a directory made by ucrn train")
-    try:
+    try:  # weights_only: a checkpoint is data and never runs code
         saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors alike
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UcrnError(f"checkpoint {path} is not a model file written by ucrn "
+                        f"({type(error).__name__}: {reason[:200]})") from None
+    if not isinstance(saved, dict) or not {"config", "state_dict"} <= set(saved):
+        raise UcrnError(f"checkpoint {path} holds a {type(saved).__name__}, not the config and "
+                        "weights that ucrn train writes")
+    try:
         config = config_from_dict(saved["config"])
-        model = UCRN(config.model)
-        model.load_state_dict(saved["state_dict"])
-    except (RuntimeError, KeyError, EOFError, ValueError, TypeError) as error:
-        raise UcrnError(f"checkpoint {path} cannot be read ({error})") from None
+    except UcrnError as error:
+        raise UcrnError(f"checkpoint {path}: {error}") from None
+    model = UCRN(config.model)
+    _load_weights(model, saved["state_dict"], path)
     return config, model.to(resolve_device(device)).eval()
+
+
+def _load_weights(model: UCRN, weights: object, path: Path) -> None:
+    """``model.load_state_dict(weights)``, with one line saying what does not fit."""
+    if not isinstance(weights, dict):
+        raise UcrnError(f"checkpoint {path}: its weights are a {type(weights).__name__}")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    misshapen = [k for k in expected if k in weights and hasattr(weights[k], "shape")
+                 and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or misshapen:
+        problems = [f"{len(found)} {what} (e.g. {found[0]})" for what, found in (
+            ("missing", missing), ("unexpected", unexpected), ("of another shape", misshapen))
+            if found]
+        raise UcrnError(f"checkpoint {path} does not fit its config: weights "
+                        f"{'; '.join(problems)}; was it written by another version of ucrn?")
+    model.load_state_dict(weights)

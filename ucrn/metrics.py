@@ -18,8 +18,18 @@ SENTIMENT_METRICS = (
     "Has0_acc_2", "Has0_F1", "Non0_acc_2", "Non0_F1", "Acc_5", "Acc_7", "Acc_7_sdk", "MAE", "Corr",
 )
 
-# Metrics where lower is better; every other metric is maximised.
+# Metrics where lower is better; every other metric is maximised (see ``mode``).
 LOWER_IS_BETTER = frozenset({"MAE", "loss"})
+SPLIT_PREFIXES = ("valid_", "test_")
+
+
+def mode(metric: str) -> str:
+    """``"min"`` where lower is better (MAE, loss), ``"max"`` otherwise: the one definition
+    of "better" that checkpoint selection, the search, the tables and the reports share.
+    A ``valid_`` or ``test_`` prefix is ignored."""
+    for prefix in SPLIT_PREFIXES:
+        metric = metric.removeprefix(prefix)
+    return "min" if metric in LOWER_IS_BETTER else "max"
 
 
 def weighted_f1(truth: np.ndarray, pred: np.ndarray) -> float:
@@ -141,4 +151,4 @@ def is_better(metric: str, candidate: float, incumbent: float | None) -> bool:
         return False
     if incumbent is None or math.isnan(incumbent):
         return True
-    return candidate < incumbent if metric in LOWER_IS_BETTER else candidate > incumbent
+    return candidate < incumbent if mode(metric) == "min" else candidate > incumbent

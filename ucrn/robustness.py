@@ -21,7 +21,7 @@ from ucrn.config import Config
 from ucrn.data.batches import bernoulli_noise, drop_modalities, mask_modalities
 from ucrn.data.layout import Dataset
 from ucrn.engine import evaluate
-from ucrn.metrics import LOWER_IS_BETTER
+from ucrn.metrics import mode
 from ucrn.model import UCRN
 
 
@@ -86,6 +86,6 @@ def drop_percent(metric: str, full: float, perturbed: float) -> float:
 
     For metrics where lower is better (MAE), the sign is turned: (perturbed − full) / full.
     """
-    change = (perturbed - full) if metric in LOWER_IS_BETTER else (full - perturbed)
+    change = (perturbed - full) if mode(metric) == "min" else (full - perturbed)
     return 100.0 * change / full if full else float("nan")
 

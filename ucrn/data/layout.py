@@ -14,8 +14,6 @@ Every mistake in a file is reported as a ``UcrnError`` naming the file, split, k
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ import torch
 
 from ucrn import MODALITIES
 from ucrn.errors import UcrnError
+from ucrn.files import atomic_output
 from ucrn.metrics import EMOTIONS
 
 FORMAT, VERSION = "ucrn", 1
@@ -142,27 +141,14 @@ def create_dataset_file(
 
     On any failure the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
-        with h5py.File(temporary, "w") as file:
-            writer = DatasetWriter(file)
-            writer.set_attrs({
-                "format": FORMAT, "version": VERSION, "name": name, "task": task,
-                "modalities": list(modalities), "label_names": list(label_names),
-                "source": source, **(extra_attrs or {}),
-            })
-            yield writer
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; give it the usual mode
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_output(path) as temporary, h5py.File(temporary, "w") as file:
+        writer = DatasetWriter(file)
+        writer.set_attrs({
+            "format": FORMAT, "version": VERSION, "name": name, "task": task,
+            "modalities": list(modalities), "label_names": list(label_names),
+            "source": source, **(extra_attrs or {}),
+        })
+        yield writer
 
 
 def write_dataset(

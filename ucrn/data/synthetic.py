@@ -244,6 +244,11 @@ def default_data_path(preset_name: str = "mosi", seed: int = 0) -> Path:
     return root / f"synthetic-{preset_name}-seed{seed}-v{GENERATOR_VERSION}.h5"
 
 
+def data_or_default(data: str | Path | None) -> Path:
+    """The data file a command was given, else the embedded synthetic MOSI (made once)."""
+    return Path(data) if data else ensure_default_data()
+
+
 def ensure_default_data(preset_name: str = "mosi", seed: int = 0) -> Path:
     """The embedded default data set, made on first use and reused afterwards."""
     path = default_data_path(preset_name, seed)

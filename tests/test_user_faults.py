@@ -1,0 +1,267 @@
+"""What a user meets when things go wrong: one line naming the thing and the fix, exit 2, no
+traceback, nothing half-written, nothing replaced that must not be."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ucrn.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--set", "urm_layers=1", "--set", "crm_layers=1", "--set", "width=12"]
+
+
+def _one_line(capsys, program: str = "ucrn") -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{program}: error: "), lines[0]
+    return lines[0]
+
+
+def _synth(path: Path, *extra: str) -> int:
+    return main(["data", "synth", "--scale", "0.02", "-o", str(path), *extra])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_mosi) -> Path:
+    run = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", "--data", str(tiny_mosi), "--epochs", "1", *FAST,
+                 "--out", str(run)]) == 0
+    return run
+
+
+# ----------------------------------------------------------------------- where files go
+
+
+def test_a_file_that_is_not_regular_is_never_replaced(tmp_path, capsys):
+    fifo, link = tmp_path / "fifo", tmp_path / "link.h5"
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "target.h5")
+    for target in (fifo, link):
+        assert _synth(target) == 2
+        assert "is not a regular file" in _one_line(capsys)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and link.is_symlink()
+    assert not (tmp_path / "target.h5").exists()
+
+
+def test_an_existing_output_is_kept_unless_forced(tmp_path, capsys):
+    path = tmp_path / "data.h5"
+    path.write_text("keep me")
+    assert _synth(path) == 2
+    assert "pass --force" in _one_line(capsys)
+    assert path.read_text() == "keep me"
+    assert _synth(path, "--force") == 0
+    assert path.read_bytes()[:4] == b"\x89HDF"
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda tmp: tmp, "is a directory"),
+    (lambda tmp: tmp / "a-file" / "x.h5", "is a file, so"),
+    (lambda tmp: tmp / ("x" * 250 + ".h5"), "too long"),
+    (lambda tmp: Path(" "), "the path is empty"),
+])
+def test_outputs_that_cannot_be_written_are_named(tmp_path, capsys, where, message):
+    (tmp_path / "a-file").write_text("")
+    assert _synth(where(tmp_path)) == 2
+    assert message in _one_line(capsys)
+
+
+def test_a_conversion_never_overwrites_its_input(tmp_path, capsys, reference_data):
+    source = tmp_path / "mosi.pkl"
+    source.write_bytes(
+        (reference_data / "mosi-real-fusion" / "mosi_minilm_opensmile.pkl").read_bytes())
+    before = source.read_bytes()
+    assert main(["data", "convert", "mult-pkl", str(source), "-o", str(source), "--force"]) == 2
+    assert "is the input" in _one_line(capsys)
+    assert source.read_bytes() == before
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    output = tmp_path / "data.h5"
+    stale = tmp_path / ".data.h5.999999999.0bad.part"  # no such process
+    live = tmp_path / f".data.h5.{os.getpid()}.0000.part"  # a writer still running
+    stale.write_bytes(b"x" * 1000)
+    live.write_bytes(b"x")
+    assert _synth(output) == 0
+    assert not stale.exists() and live.exists()
+
+
+def test_run_files_have_the_usual_mode(trained_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.pt", "config.json", "metrics.json"):
+        assert stat.S_IMODE((trained_run / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_training_checks_its_output_before_it_trains(tmp_path, capsys, tiny_mosi):
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "run"
+    assert main(["train", "--data", str(tiny_mosi), "--epochs", "1", *FAST,
+                 "--out", str(out)]) == 2
+    assert "is a file" in _one_line(capsys)
+
+
+# ------------------------------------------------------------------------------ values
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("seed=100000000000000000000000", "seed=100000000000000000000000: must be between"),
+    ("urm_layers=100000", "urm_layers=100000: must be between 1 and 64"),
+    ('input_dims={"l": 1e999, "a": 5, "v": 20}', "expected a value of type dict"),
+    ("width=1000000", "width=1000000: must be between 1 and 4,096"),
+])
+def test_impossible_sizes_and_seeds_are_one_line(tmp_path, capsys, tiny_mosi, setting,
+                                                 message):
+    assert main(["train", "--data", str(tiny_mosi), "--set", setting,
+                 "--out", str(tmp_path / "run")]) == 2
+    assert message in _one_line(capsys)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("bogus", "not a device"), ("cuda", "no GPU"), ("meta", "runs on cpu or cuda"),
+])
+def test_a_device_this_machine_lacks_is_one_line(tmp_path, capsys, tiny_mosi, device,
+                                                 message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["train", "--data", str(tiny_mosi), "--device", device,
+                 "--out", str(tmp_path / "run")]) == 2
+    assert message in _one_line(capsys)
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda path: torch.save({"config": {}, "state_dict": _Payload()}, path),
+     "not a model file written by ucrn (UnpicklingError"),
+    (lambda path: path.write_text("hello"), "not a model file written by ucrn"),
+    (lambda path: torch.save(torch.zeros(3), path), "holds a Tensor"),
+])
+def test_a_checkpoint_that_is_not_ours_is_one_line(tmp_path, capsys, tiny_mosi, write,
+                                                   message):
+    run = tmp_path / "run"
+    run.mkdir()
+    write(run / "model.pt")
+    assert main(["evaluate", "--checkpoint", str(run), "--data", str(tiny_mosi)]) == 2
+    assert message in _one_line(capsys)
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_one_line(tmp_path, capsys, tiny_mosi,
+                                                          trained_run):
+    saved = torch.load(trained_run / "model.pt", weights_only=True)
+    saved["config"]["model"]["urm_layers"] = 2  # the weights have one layer
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(saved, run / "model.pt")
+    assert main(["evaluate", "--checkpoint", str(run), "--data", str(tiny_mosi)]) == 2
+    line = _one_line(capsys)
+    assert "does not fit its config" in line and "missing (e.g. urms.l.layers.1" in line
+
+
+def test_inspect_checks_a_file_as_training_reads_it(write_small, capsys):
+    import numpy as np
+
+    def spoil(splits):
+        splits["train"]["l"][0, 0, 0] = np.nan
+
+    assert main(["data", "inspect", str(write_small(spoil))]) == 2
+    assert "NaN or infinite" in _one_line(capsys)
+
+
+# -------------------------------------------------------------------- search, evaluate
+
+
+def _search_fails_before_ray(capsys, *args: str) -> str:
+    import ray
+
+    from tuning.search import main as search
+
+    was_running = ray.is_initialized()
+    assert search(list(args)) == 2
+    assert ray.is_initialized() == was_running
+    return _one_line(capsys, "search")
+
+
+@pytest.mark.parametrize("name", ["../../..", "a/b", "..", "~root"])
+def test_an_experiment_name_is_one_folder(capsys, tiny_mosi, tmp_path, name):
+    line = _search_fails_before_ray(capsys, "--data", str(tiny_mosi), "--name", name,
+                                    "--storage", str(tmp_path))
+    assert "give one folder name" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_storage_that_is_a_file_fails_before_ray(capsys, tiny_mosi, tmp_path):
+    (tmp_path / "file").write_text("")
+    line = _search_fails_before_ray(capsys, "--data", str(tiny_mosi),
+                                    "--storage", str(tmp_path / "file"))
+    assert "is a file" in line
+
+
+def test_searching_over_the_task_fails_before_ray(capsys, tiny_mosi, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("task: {choice: [regression, binary]}\n")
+    line = _search_fails_before_ray(capsys, "--data", str(tiny_mosi), "--space", str(space),
+                                    "--storage", str(tmp_path))
+    assert "task is set by the search's own options" in line and "--set task=" in line
+
+
+def test_a_yaml_error_is_one_line(capsys, tiny_mosi, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("heads: [1, 2\nwidth: {\n")
+    line = _search_fails_before_ray(capsys, "--data", str(tiny_mosi), "--space", str(space),
+                                    "--storage", str(tmp_path))
+    assert "cannot be parsed" in line
+
+
+def test_a_finished_experiment_is_not_resumed_or_rescored(capsys, tiny_mosi, tmp_path):
+    experiment = tmp_path / "done"
+    experiment.mkdir()
+    (experiment / "tuner.pkl").write_bytes(b"")
+    (experiment / "best.json").write_text(json.dumps({"metrics": {"test": {"MAE": 1.0}}}))
+    before = (experiment / "best.json").read_text()
+    line = _search_fails_before_ray(capsys, "--data", str(tiny_mosi), "--storage",
+                                    str(tmp_path), "--name", "done", "--resume")
+    assert "is finished" in line and "nothing was changed" in line
+    assert (experiment / "best.json").read_text() == before
+
+
+def test_the_shipped_worker_has_no_test_path():
+    source = (ROOT / "tuning" / "workers.py").read_text()
+    assert "environ" not in source and "TEST" not in source
+
+
+def test_the_paper_is_named_right_everywhere():
+    tracked = subprocess.run(["git", "ls-files", "*.py", "*.md"], cwd=ROOT, text=True,
+                             capture_output=True).stdout.split()
+    if not tracked:  # not a git checkout: read the files beside this one
+        tracked = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.suffix in
+                   (".py", ".md") and ".git" not in p.parts]
+    wrong = [name for name in tracked if "Li et al" in (ROOT / name).read_text()
+             and name != "tests/test_user_faults.py"]
+    assert wrong == []
+    readme = (ROOT / "README.md").read_text()
+    assert "Guo, Xiaobao and Kong, Adams and Zhou, Huan and Wang, Xianfeng and Wang, Min" in \
+        readme
+
+
+def test_the_commands_run_as_scripts_report_one_line(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "../x",
+         "--storage", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2 and "Traceback" not in finished.stderr
