@@ -136,6 +136,37 @@ def test_ray_listens_on_loopback_only(ray_session):
     assert ray_session.dashboard_url.startswith("http://127.0.0.1:")
 
 
+def _listening_addresses(root: psutil.Process) -> set[str]:
+    """The addresses every process of ``root``'s tree listens on, now."""
+    try:
+        pids = {root.pid} | {p.pid for p in root.children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+    return {c.laddr.ip for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nothing_a_search_starts_listens_beyond_loopback(tiny_mosi, tmp_path, workers):
+    driver = subprocess.Popen(
+        [*SEARCH, "--data", str(tiny_mosi), *TINY_SEARCH, "--max-concurrent", "1",
+         "--workers-per-trial", str(workers), "--cpus-per-worker", "0.5",
+         "--storage", str(tmp_path), "--name", "exp"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    root, seen = psutil.Process(driver.pid), set()
+    deadline = time.monotonic() + 400
+    while driver.poll() is None and time.monotonic() < deadline:
+        seen |= _listening_addresses(root)
+        time.sleep(0.2)
+    if driver.poll() is None:
+        os.killpg(driver.pid, signal.SIGKILL)
+    _, err = driver.communicate()
+    assert driver.returncode == 0, err[-2000:]
+    assert seen, "found no listening socket at all"
+    assert seen <= LOOPBACK, f"listening beyond loopback: {seen - LOOPBACK}"
+
+
 def test_the_dashboard_refuses_a_client_without_the_token(ray_session):
     import urllib.error
     import urllib.request

@@ -219,11 +219,12 @@ class RecordRuns(Callback):
         return {"plan": None, "failed": self.failed}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from tuning.trials import best_checkpoint_state
+        from tuning.trials import trial_state
 
         variant, seed = trial.config["run"]["variant"], trial.config["run"]["seed"]
         try:
-            record_run(self.plan, variant, seed, best_checkpoint_state(trial.last_result))
+            record_run(self.plan, variant, seed, trial_state(trial.last_result,
+                                                             trial.checkpoint))
             console.print(f"  finished {run_key(variant, seed)}")
         except Exception as error:  # noqa: BLE001 - noted; the other runs go on
             self.failed.append(f"{run_key(variant, seed)}: {error}")
@@ -263,6 +264,7 @@ def run_pending(plan: Plan, pending: list[tuple[str, int]]) -> None:
             name=time.strftime("evaluate-%Y%m%d-%H%M%S"), storage_path=str(plan.out / "ray"),
             callbacks=[recorder], verbose=0,
             failure_config=tune.FailureConfig(max_failures=plan.args.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
     tuner.fit()

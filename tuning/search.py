@@ -195,7 +195,7 @@ def run_search(plan: Plan) -> dict[str, Any]:
 
     from tuning.space import to_tune
     from tuning.tables import LiveTrialTable, rich_table, trial_rows
-    from tuning.trials import best_checkpoint_state, make_trainable, resources_for
+    from tuning.trials import make_trainable, resources_for, trial_state
 
     where = session.dashboard_url or "(no dashboard URL)"
     console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard {where}")
@@ -232,6 +232,7 @@ def run_search(plan: Plan) -> dict[str, Any]:
             run_config=tune.RunConfig(
                 name=name, storage_path=storage, callbacks=[live], verbose=0,
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
     grid = tuner.fit()
@@ -246,7 +247,7 @@ def run_search(plan: Plan) -> dict[str, Any]:
         raise UcrnError(f"no trial reported {plan.metric}; see the trial logs in "
                         f"{plan.experiment}")
     best = grid.get_best_result(plan.metric, plan.mode, scope="all")
-    state = best_checkpoint_state(best.metrics)
+    state = trial_state(best.metrics, best.checkpoint)
     model = state.selected_model()
     test = evaluate(model, plan.dataset.split("test"), plan.dataset, state.config)  # once
     result = state.to_fit_result(test, search_seconds, model)

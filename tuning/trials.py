@@ -1,11 +1,14 @@
-"""One Tune trial = one ``TorchTrainer`` run of ``tuning.workers.train_worker``.
+"""One Tune trial: the training loop of ``tuning.workers``, alone or data-parallel.
 
-Ray 2.60's Train V2 is driven from a Tune function trainable: the function builds the
-trainer, ``TuneReportCallback`` forwards each epoch's metrics (and the checkpoint's path, as
-the ``checkpoint_path`` metric) to Tune. The Train run is named after the trial, so a
-restarted trial (after a failure, or after ``--resume``) continues from its last checkpoint.
-The search and the evaluator both build their trials here; they differ in how a trial's
-config becomes ``ucrn`` overrides.
+A single-worker trial (the default) trains in the Tune trial's own process
+(``train_in_trial``), reporting and checkpointing through Ray Tune: no worker group to start
+and no process group, so no port is opened and a trial costs one process. A trial of
+``--workers-per-trial`` ≥ 2 builds a Ray Train V2 ``TorchTrainer`` (driven from the Tune
+function trainable, as Ray 2.60 requires) whose workers run ``train_worker`` with DDP;
+``TuneReportCallback`` forwards each epoch's metrics and the checkpoint's path (the
+``checkpoint_path`` metric) to Tune, and the Train run is named after the trial so that a
+restarted trial continues from its last checkpoint. The search and the evaluator both build
+their trials here; they differ in how a trial's config becomes ``ucrn`` overrides.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
-from tuning.workers import read_checkpoint, train_worker
+from tuning.rendezvous import LoopbackTorchConfig
+from tuning.workers import read_checkpoint, train_in_trial, train_worker
 from ucrn.config import Config, apply_overrides
 from ucrn.errors import UcrnError
 from ucrn.state import TrainingState
@@ -56,7 +60,8 @@ def resources_for(args, session) -> Resources:
         raise UcrnError(f"--gpus-per-worker {gpus_per_worker}: the cluster has no GPU")
     cpus_per_worker = args.cpus_per_worker
     if cpus_per_worker is None:
-        free = session.cpus - TRIAL_CPU * args.max_concurrent
+        waiting = TRIAL_CPU if args.workers_per_trial > 1 else 0.0  # the trial's own process
+        free = session.cpus - waiting * args.max_concurrent
         cpus_per_worker = min(4.0, free / (args.max_concurrent * args.workers_per_trial))
         cpus_per_worker = max(0.1, round(cpus_per_worker, 2))
     return Resources(args.workers_per_trial, cpus_per_worker, gpus_per_worker,
@@ -80,15 +85,20 @@ def make_trainable(
 
     def run_trial(trial_config: dict[str, Any]) -> None:
         config = apply_overrides(base, overrides_of(trial_config))
-        trial_id = tune.get_context().get_trial_id()
         use_gpu = resources.gpus_per_worker > 0
+        loop_config = {"config": config.to_dict(), "data": holder,
+                       "threads": resources.threads, "use_gpu": use_gpu}
+        if resources.workers == 1:
+            train_in_trial(loop_config)
+            return
+        trial_id = tune.get_context().get_trial_id()
         per_worker = {"CPU": resources.cpus_per_worker}
         if use_gpu:
             per_worker["GPU"] = resources.gpus_per_worker
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"config": config.to_dict(), "data": holder,
-                               "threads": resources.threads},
+            train_loop_config=loop_config,
+            torch_config=LoopbackTorchConfig(),
             scaling_config=ray.train.ScalingConfig(
                 num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker,
             ),
@@ -101,11 +111,17 @@ def make_trainable(
         )
         trainer.fit()
 
+    if resources.workers == 1:  # the trial is the worker
+        return tune.with_resources(run_trial, {"cpu": resources.cpus_per_worker,
+                                               "gpu": resources.gpus_per_worker})
     return tune.with_resources(run_trial, {"cpu": TRIAL_CPU})
 
 
-def best_checkpoint_state(metrics: dict[str, Any]) -> TrainingState:
-    """The state of a trial's last checkpoint (it holds the best weights so far)."""
+def trial_state(metrics: dict[str, Any], checkpoint: Any) -> TrainingState:
+    """The state in a trial's last checkpoint (it holds the best weights so far): Tune's own
+    (a single-worker trial), or the one its Train run reported as ``checkpoint_path``."""
+    if checkpoint is not None:
+        return read_checkpoint(checkpoint)
     path = metrics.get(CHECKPOINT_PATH_KEY)
     if not path:
         raise RuntimeError("the trial reported no checkpoint")

@@ -1,20 +1,24 @@
-"""The Ray Train worker loop: ``ucrn.engine.fit`` with data parallelism and checkpoints.
+"""The trial's training loop: ``ucrn.engine.fit`` with checkpoints, alone or data-parallel.
 
-Every worker trains on its shard of each epoch's batches (DDP: gloo on CPU, nccl on GPU),
-every worker scores the whole validation split, and all report each epoch; rank 0 attaches
-the resumable checkpoint. A restarted worker group continues from the last checkpoint.
+A single-worker trial trains in the Tune trial's own process (``train_in_trial``). A
+data-parallel trial runs a Ray Train worker group (``train_worker``): every worker trains
+on its shard of each epoch's batches (DDP: gloo on CPU, nccl on GPU), scores the whole
+validation split and reports each epoch. Either way rank 0 attaches the resumable
+checkpoint, and a restarted trial continues from the last one.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray.train
 import ray.train.torch
+import ray.tune
 import torch
 
 from ucrn.config import config_from_dict
@@ -34,43 +38,70 @@ def epoch_metrics(result: EpochResult) -> dict[str, Any]:
     }
 
 
-def read_checkpoint(checkpoint: ray.train.Checkpoint) -> TrainingState:
-    """The engine's resumable state from a checkpoint written by ``train_worker``."""
+def read_checkpoint(checkpoint: ray.train.Checkpoint | ray.tune.Checkpoint) -> TrainingState:
+    """The engine's resumable state from a checkpoint written by ``run_loop``."""
     with checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     return TrainingState.from_dict(saved)
 
 
+@dataclass(frozen=True)
+class Reporting:
+    """Where a loop reports: Ray Train (a worker of a data-parallel group) or Ray Tune (a
+    single-worker trial training in its own process). Their APIs match, their classes not."""
+
+    report: Callable[..., None]
+    checkpoint_class: type
+    previous: Any  # the checkpoint to resume from, or None
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """The function every Ray Train worker runs."""
+    """The function every Ray Train worker of a data-parallel trial runs."""
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(loop_config["threads"])
-    dataset = ray.get(loop_config["data"][0])
     config = config_from_dict(loop_config["config"])
-    device = ray.train.torch.get_device()
-    node_id = ray.get_runtime_context().get_node_id()
-    previous = ray.train.get_checkpoint()
-    resume = read_checkpoint(previous) if previous else None
 
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
-        if world_size == 1:
-            return model
         # Modality dropout leaves a dropped modality's URM without gradients in that step.
         unused = {"find_unused_parameters": config.train.modality_dropout > 0}
         return ray.train.torch.prepare_model(  # DDP
             model, move_to_device=False, parallel_strategy_kwargs=unused)
 
+    reporting = Reporting(ray.train.report, ray.train.Checkpoint, ray.train.get_checkpoint())
+    run_loop(loop_config, reporting, ray.train.torch.get_device(), rank, world_size,
+             wrap if world_size > 1 else None)
+
+
+def train_in_trial(loop_config: dict[str, Any]) -> None:
+    """A single-worker trial trains in the Tune trial's own process: no worker group to
+    start, no process group, no port opened."""
+    device = torch.device("cuda" if loop_config["use_gpu"] else "cpu")
+    reporting = Reporting(ray.tune.report, ray.tune.Checkpoint, ray.tune.get_checkpoint())
+    run_loop(loop_config, reporting, device)
+
+
+def run_loop(
+    loop_config: dict[str, Any], reporting: Reporting, device: torch.device, rank: int = 0,
+    world_size: int = 1, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+) -> None:
+    """``ucrn.engine.fit`` on this rank's share, reporting every epoch; rank 0 attaches the
+    resumable checkpoint. A restarted run continues from its last checkpoint."""
+    torch.set_num_threads(loop_config["threads"])
+    dataset = ray.get(loop_config["data"][0])
+    config = config_from_dict(loop_config["config"])
+    node_id = ray.get_runtime_context().get_node_id()
+    resume = read_checkpoint(reporting.previous) if reporting.previous else None
     reported = []
 
     def report(metrics: dict[str, Any], state: Callable[[], TrainingState]) -> None:
         reported.append(metrics["epoch"])
         if rank != 0:
-            ray.train.report(metrics)
+            reporting.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state().to_dict(), Path(folder) / CHECKPOINT_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            reporting.report(metrics,
+                             checkpoint=reporting.checkpoint_class.from_directory(folder))
 
     def on_epoch(result: EpochResult, checkpoint: Callable[[], TrainingState]) -> None:
         report({**epoch_metrics(result), "node_id": node_id}, checkpoint)
