@@ -265,3 +265,28 @@ def test_the_commands_run_as_scripts_report_one_line(tmp_path):
         [sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "../x",
          "--storage", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2 and "Traceback" not in finished.stderr
+
+
+def _search_subprocess(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tuning" / "search.py"), *args],
+                          capture_output=True, text=True, timeout=180)
+
+
+def _last_line(finished: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in finished.stderr, finished.stderr[-2000:]
+    return finished.stderr.strip().splitlines()[-1]
+
+
+def test_an_address_where_no_ray_answers_is_one_line(tiny_mosi, tmp_path):
+    finished = _search_subprocess("--data", str(tiny_mosi), "--address", "127.0.0.1:1",
+                                  "--storage", str(tmp_path))
+    assert finished.returncode == 2
+    assert "--address 127.0.0.1:1: no Ray cluster answers there" in _last_line(finished)
+
+
+@pytest.mark.slow
+def test_resources_the_cluster_can_never_give_are_one_line(tiny_mosi, tmp_path):
+    finished = _search_subprocess("--data", str(tiny_mosi), "--cpus-per-worker", "64",
+                                  "--storage", str(tmp_path))
+    assert finished.returncode == 2
+    assert "no trial could ever start" in _last_line(finished)

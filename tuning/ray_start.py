@@ -16,6 +16,8 @@ import os
 import socket
 from dataclasses import dataclass
 
+from ucrn.errors import UcrnError
+
 LOCALHOST = "127.0.0.1"
 DASHBOARD_PORT = 8265  # or the next free port, when another Ray holds it
 # Set before Ray starts; the Train ones are passed on to the controller and the workers.
@@ -68,6 +70,21 @@ def _keep_on_localhost() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail with one line, within ``timeout_s``, when nothing answers at a HOST:PORT address
+    (Ray itself retries for minutes). ``auto`` and ``ray://`` addresses are left to Ray."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        reason = error.strerror or str(error) or "no answer"
+        raise UcrnError(f"--address {address}: no Ray cluster answers there ({reason}); start "
+                        "one (ray start --head, or ray up) or leave --address out for a local "
+                        "Ray") from None
+
+
 def start_ray(
     address: str | None = None,
     *,
@@ -84,6 +101,7 @@ def start_ray(
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
+            check_reachable(address)
             if address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
                 _keep_on_localhost()  # or Ray dials the machine's address instead
             ray.init(address=address, log_to_driver=False)

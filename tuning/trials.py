@@ -64,6 +64,14 @@ def resources_for(args, session) -> Resources:
         free = session.cpus - waiting * args.max_concurrent
         cpus_per_worker = min(4.0, free / (args.max_concurrent * args.workers_per_trial))
         cpus_per_worker = max(0.1, round(cpus_per_worker, 2))
+    for kind, per_worker, total in (("cpus", cpus_per_worker, session.cpus),
+                                    ("gpus", gpus_per_worker, session.gpus)):
+        if per_worker * args.workers_per_trial > total:
+            raise UcrnError(
+                f"--{kind}-per-worker {per_worker:g} × {args.workers_per_trial} worker(s): the "
+                f"cluster has {total:g} {kind.upper()[:-1]}s in all, so no trial could ever "
+                "start; ask for less"
+            )
     return Resources(args.workers_per_trial, cpus_per_worker, gpus_per_worker,
                      args.max_failures)
 
