@@ -49,19 +49,12 @@ from ucrn.metrics import is_better
 from ucrn.model import UCRN, count_parameters
 from ucrn.robustness import drop_percent, score_conditions
 from ucrn.state import TrainingState
-from ucrn.tasks import metric_names
+from ucrn.tasks import TASKS, get_task, metric_names
 
 console = Console(stderr=True)
 FULL = "full"
 DEFAULT_BASELINES = Path(__file__).resolve().parent / "baselines" / "paper.csv"
 PAPER_PARAMETERS = {"trimodal": 422_401, "bimodal": 211_681}
-# The metrics the robustness, ablation and standard-deviation tables show, per task.
-HEADLINE = {
-    "regression": ["Non0_acc_2", "Has0_acc_2", "Non0_F1", "Acc_7", "MAE", "Corr"],
-    "binary": ["Acc_2", "F1"],
-    "seven_class": ["Acc_7", "F1", "MAE", "Corr"],
-    "emotions": ["mean_acc", "mean_f1", "mean_wa"],
-}
 
 
 @dataclass
@@ -118,7 +111,7 @@ def _read_baselines(path: str, task: str) -> pd.DataFrame:
     missing = {"method", "dataset", "metric", "value"} - set(frame.columns)
     if missing:
         raise UcrnError(f"--baselines {path} lacks the column(s) {', '.join(sorted(missing))}")
-    known = {name for other in HEADLINE for name in metric_names(other)}
+    known = {name for other in TASKS.values() for name in other.metric_names}
     unknown = sorted(set(frame["metric"]) - known)
     if unknown:
         raise UcrnError(f"--baselines {path}: unknown metric(s) {', '.join(unknown)}; use the "
@@ -280,7 +273,7 @@ def build_tables(plan: Plan, records: dict[str, dict]) -> dict[str, pd.DataFrame
     """Every table of the report, from the per-run records."""
     task = plan.base.model.task
     metrics = [m for m in metric_names(task) if m != "loss"]
-    headline = HEADLINE[task]
+    headline = list(get_task(task).headline)
     full_runs = [r for r in records.values() if r["variant"] == FULL]
     per_seed = pd.DataFrame([{"variant": r["variant"], "seed": r["seed"], **r["test"]}
                              for r in sorted(records.values(),
@@ -382,7 +375,7 @@ def write_report(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float,
     out = plan.out
     for name, frame in tables.items():
         frame.to_csv(out / f"{name}.csv", index=False)
-    headline = HEADLINE[plan.base.model.task]
+    headline = list(get_task(plan.base.model.task).headline)
     figures = {
         "per_seed.png": seed_strip_plot(tables["per_seed"], headline, out / "per_seed.png"),
         "robustness.png": robustness_bars(tables, headline[0], out / "robustness.png"),

@@ -34,13 +34,7 @@ from ucrn.losses import task_loss, ucrn_loss
 from ucrn.metrics import is_better
 from ucrn.model import UCRN
 from ucrn.state import FitResult, TrainingState
-from ucrn.tasks import (
-    DEFAULT_SELECT_METRIC,
-    label_columns,
-    make_targets,
-    metric_names,
-    task_metrics,
-)
+from ucrn.tasks import get_task, label_columns, metric_names, task_metrics
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -65,7 +59,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def select_metric(config: Config) -> str:
     """The validation metric that picks the checkpoint (``auto`` → the task's default)."""
     name = config.train.select_metric
-    return DEFAULT_SELECT_METRIC[config.model.task] if name == "auto" else name
+    return get_task(config.model.task).select_metric if name == "auto" else name
 
 
 def prepare_config(config: Config, dataset: Dataset) -> Config:
@@ -140,7 +134,7 @@ class _TaskData:
             split = drop_modalities(split, modalities)
         self.split = split.to(device)
         self.labels = self.split.labels[:, columns]
-        self.targets = make_targets(self.labels, list(range(len(columns))), task)
+        self.targets = get_task(task).targets(self.labels)
 
 
 @torch.inference_mode()

@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ucrn.tasks import get_task
+
 LOG_2 = math.log(2.0)
 
 
@@ -45,14 +47,8 @@ def multimodal_js(unimodal: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def task_loss(prediction: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
-    """Eq. (12): L_C for the model's task, averaged over the batch."""
-    if task == "regression":
-        return F.l1_loss(prediction, target)
-    if task in ("binary", "seven_class"):
-        return F.cross_entropy(prediction, target)
-    if task == "emotions":
-        return F.binary_cross_entropy_with_logits(prediction, target)
-    raise ValueError(f"unknown task {task!r}")
+    """Eq. (12): L_C for the model's task (``ucrn.tasks``), averaged over the batch."""
+    return get_task(task).loss(prediction, target)
 
 
 class Loss(NamedTuple):
@@ -70,6 +66,6 @@ def ucrn_loss(
     lambda_c: float,
 ) -> Loss:
     """Eq. (13): L = λm·L_M + λc·L_C."""
-    classification = task_loss(prediction, target, task)
+    task_term = task_loss(prediction, target, task)
     regulariser = multimodal_js(unimodal) if lambda_m else prediction.new_zeros(())
-    return Loss(lambda_m * regulariser + lambda_c * classification, classification, regulariser)
+    return Loss(lambda_m * regulariser + lambda_c * task_term, task_term, regulariser)

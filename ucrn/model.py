@@ -21,8 +21,7 @@ from torch import nn
 
 from ucrn import MODALITIES
 from ucrn.config import ModelConfig
-
-OUTPUT_SIZES = {"regression": 1, "binary": 2, "seven_class": 7, "emotions": 6}
+from ucrn.tasks import get_task
 
 
 def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
@@ -254,7 +253,7 @@ class UCRN(nn.Module):
         width = config.width
         self.head = nn.Sequential(  # the two fully connected layers F_fc of eq. (12)
             nn.Linear(width, width), nn.ReLU(), Dropout(config.dropout),
-            nn.Linear(width, OUTPUT_SIZES[config.task]),
+            nn.Linear(width, get_task(config.task).output_size),
         )
 
     def set_input_statistics(
@@ -286,7 +285,7 @@ class UCRN(nn.Module):
         index = torch.tensor([MODALITIES.index(m) for m in present], device=tokens.device)
         fused = self.crm(tokens, index)  # x^C_j  (B, d)
         prediction = self.head(fused)  # (B, K)
-        if self.config.task == "regression":
+        if get_task(self.config.task).scalar_output:
             prediction = prediction.squeeze(-1)  # (B,)
         return UCRNOutput(prediction, unimodal)
 

@@ -30,7 +30,7 @@ from ucrn.metrics import EMOTIONS
 
 FORMAT, VERSION = "ucrn", 1
 SPLITS = ("train", "valid", "test")
-TASKS = ("regression", "classification", "multilabel")
+FILE_TASKS = ("regression", "classification", "multilabel")  # what a file's labels are
 SENTIMENT = "sentiment"
 # Valid label ranges by column name: sentiment in [-3, 3], emotion intensities in [0, 3].
 LABEL_RANGES = {SENTIMENT: (-3.0, 3.0), **{name: (0.0, 3.0) for name in EMOTIONS}}
@@ -235,8 +235,9 @@ def _checked_attrs(file: h5py.File, path: Path) -> dict:
     attrs = {key: file.attrs[key] for key in file.attrs}
     attrs["modalities"] = _json_attr(file, path, "modalities")
     attrs["label_names"] = _json_attr(file, path, "label_names")
-    if attrs.get("task") not in TASKS:
-        raise UcrnError(f"{path}: task {attrs.get('task')!r} is not one of {', '.join(TASKS)}")
+    if attrs.get("task") not in FILE_TASKS:
+        raise UcrnError(
+            f"{path}: task {attrs.get('task')!r} is not one of {', '.join(FILE_TASKS)}")
     unknown = [m for m in attrs["modalities"] if m not in MODALITIES]
     if unknown or not attrs["modalities"]:
         raise UcrnError(
