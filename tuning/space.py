@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -143,46 +143,34 @@ def check_space(space: dict[str, Any], base: Config | None = None) -> dict[str, 
     return space
 
 
+def _build(space: dict[str, Any], makers: dict[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """Each searched entry of ``space`` made by ``makers[kind](arguments)``; fixed ones kept."""
+    built: dict[str, Any] = {}
+    for key, entry in space.items():
+        kind_and_args = _kind(key, entry)
+        built[key] = entry if kind_and_args is None else makers[kind_and_args[0]](
+            kind_and_args[1])
+    return built
+
+
 def to_tune(space: dict[str, Any]) -> dict[str, Any]:
     """The space as Ray Tune domains (which OptunaSearch turns into Optuna distributions)."""
     from ray import tune
 
-    domains: dict[str, Any] = {}
-    for key, entry in space.items():
-        kind_and_args = _kind(key, entry)
-        if kind_and_args is None:
-            domains[key] = entry
-            continue
-        kind, arguments = kind_and_args
-        if kind == "choice":
-            domains[key] = tune.choice(arguments)
-        elif kind == "uniform":
-            domains[key] = tune.uniform(*arguments)
-        elif kind == "loguniform":
-            domains[key] = tune.loguniform(*arguments)
-        else:
-            domains[key] = tune.randint(int(arguments[0]), int(arguments[1]) + 1)
-    return domains
+    return _build(space, {
+        "choice": tune.choice, "uniform": lambda a: tune.uniform(*a),
+        "loguniform": lambda a: tune.loguniform(*a),
+        "int": lambda a: tune.randint(int(a[0]), int(a[1]) + 1),  # both ends included
+    })
 
 
 def draw(space: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """One configuration drawn at random from ``space`` (as a trial's sampled values)."""
-    drawn: dict[str, Any] = {}
-    for key, entry in space.items():
-        kind_and_args = _kind(key, entry)
-        if kind_and_args is None:
-            drawn[key] = entry
-            continue
-        kind, arguments = kind_and_args
-        if kind == "choice":
-            drawn[key] = rng.choice(arguments)
-        elif kind == "uniform":
-            drawn[key] = rng.uniform(*arguments)
-        elif kind == "loguniform":
-            drawn[key] = math.exp(rng.uniform(math.log(arguments[0]), math.log(arguments[1])))
-        else:
-            drawn[key] = rng.randint(int(arguments[0]), int(arguments[1]))
-    return drawn
+    return _build(space, {
+        "choice": rng.choice, "uniform": lambda a: rng.uniform(*a),
+        "loguniform": lambda a: math.exp(rng.uniform(math.log(a[0]), math.log(a[1]))),
+        "int": lambda a: rng.randint(int(a[0]), int(a[1])),
+    })
 
 
 def trial_overrides(trial_config: dict[str, Any], base: Config) -> dict[str, Any]:
