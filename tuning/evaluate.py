@@ -376,10 +376,16 @@ def write_report(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float,
     for name, frame in tables.items():
         frame.to_csv(out / f"{name}.csv", index=False)
     headline = list(get_task(plan.base.model.task).headline)
-    figures = {
-        "per_seed.png": seed_strip_plot(tables["per_seed"], headline, out / "per_seed.png"),
-        "robustness.png": robustness_bars(tables, headline[0], out / "robustness.png"),
-    }
+    seed_strip_plot(tables["per_seed"], headline, out / "per_seed.png")
+    robustness_bars(tables, headline[0], out / "robustness.png")
+    report = out / "REPORT.md"
+    report.write_text(report_markdown(plan, tables, seconds, runs_made))
+    return report
+
+
+def report_markdown(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float,
+                    runs_made: int) -> str:
+    """REPORT.md: every table, the figures, and what the numbers are."""
     seeds = int(tables["main"]["seeds"].max()) if not tables["main"].empty else 0
     source = plan.dataset.source or "unknown"
     lines = [
@@ -395,7 +401,7 @@ def write_report(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float,
         "",
         "## Main: test metrics of the full model",
         "", markdown(plus_minus(tables["main"])), "",
-        f"![per-seed test metrics]({figures['per_seed.png'].name})",
+        "![per-seed test metrics](per_seed.png)",
         "",
         "## Missing modality (paper Table 4)",
         "",
@@ -403,7 +409,7 @@ def write_report(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float,
         "the others. Drop % = (full − condition) / full × 100 per seed (for MAE, "
         "(condition − full) / full), so a positive drop is always worse.",
         "", markdown(plus_minus(tables["missing_modality"])), "",
-        f"![robustness drops]({figures['robustness.png'].name})",
+        "![robustness drops](robustness.png)",
         "",
         f"## Noise (paper Table 5), Bernoulli p = {plan.args.noise:g}",
         "",
@@ -430,9 +436,7 @@ def write_report(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float,
         lines[1:1] = ["", "**These data are synthetic**: the numbers test the machinery, not "
                       "the paper's claims, and the RPI against published baselines means "
                       "nothing here."]
-    report = out / "REPORT.md"
-    report.write_text("\n".join(lines))
-    return report
+    return "\n".join(lines)
 
 
 def run_evaluation(plan: Plan) -> Path:

@@ -185,18 +185,10 @@ def _save_best_run(experiment: str, result: FitResult) -> None:
 def run_search(plan: Plan) -> dict[str, Any]:
     """Start or join Ray, run the search, score the best checkpoint on test once."""
     from tuning.ray_start import start_ray
+    from tuning.trials import resources_for
 
     args = plan.args
     session = start_ray(args.address)
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
-    from tuning.space import to_tune
-    from tuning.tables import LiveTrialTable, rich_table, trial_rows
-    from tuning.trials import make_trainable, resources_for, trial_state
-
     where = session.dashboard_url or "(no dashboard URL)"
     console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard {where}")
     resources = resources_for(args, session)
@@ -206,60 +198,74 @@ def run_search(plan: Plan) -> dict[str, Any]:
         f"worker(s) per trial with {resources.cpus_per_worker:g} CPU and "
         f"{resources.gpus_per_worker:g} GPU each · objective {plan.metric} ({plan.mode})"
     )
-
-    data_ref = ray.put(plan.dataset)
-    base = plan.base
-    trainable = make_trainable(base, data_ref, resources, f"{plan.experiment}/train",
-                               overrides_of=lambda trial: trial_overrides(trial, base))
     searched = [key for key, entry in plan.space.items() if isinstance(entry, dict)]
-    live = LiveTrialTable(plan.metric, searched, args.epochs)
-    storage, name = plan.experiment.rsplit("/", 1)
     started = time.perf_counter()
+    grid = _tuner(plan, resources, searched).fit()
+    return _record_search(plan, grid, searched, time.perf_counter() - started)
+
+
+def _tuner(plan: Plan, resources, searched: list[str]):
+    """The Tune experiment: a new one, or the interrupted one restored (``--resume``)."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuning.space import to_tune
+    from tuning.tables import LiveTrialTable
+    from tuning.trials import make_trainable
+
+    args, base = plan.args, plan.base
+    trainable = make_trainable(base, ray.put(plan.dataset), resources,
+                               f"{plan.experiment}/train",
+                               overrides_of=lambda trial: trial_overrides(trial, base))
     if args.resume:
-        tuner = tune.Tuner.restore(plan.experiment, trainable=trainable,
-                                   resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=to_tune(plan.space),
-            tune_config=tune.TuneConfig(
-                metric=plan.metric, mode=plan.mode,
-                search_alg=OptunaSearch(seed=args.seed),
-                scheduler=ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
-                                        reduction_factor=2),
-                num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
-            ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage, callbacks=[live], verbose=0,
-                failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
-        )
-    grid = tuner.fit()
-    search_seconds = time.perf_counter() - started
+        return tune.Tuner.restore(plan.experiment, trainable=trainable,
+                                  resume_unfinished=True, resume_errored=True)
+    storage, name = plan.experiment.rsplit("/", 1)
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune(plan.space),
+        tune_config=tune.TuneConfig(
+            metric=plan.metric, mode=plan.mode, search_alg=OptunaSearch(seed=args.seed),
+            scheduler=ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
+                                    reduction_factor=2),
+            num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0,
+            callbacks=[LiveTrialTable(plan.metric, searched, args.epochs)],
+            failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def _record_search(plan: Plan, grid, searched: list[str], seconds: float) -> dict[str, Any]:
+    """trials.csv; the best trial's selected checkpoint scored on test once; best.json and
+    best/; the summary on the terminal."""
+    from tuning.tables import rich_table, trial_rows
+    from tuning.trials import trial_state
 
     results = [(_trial_id(r), "error" if r.error else "done", r.config, r.metrics_dataframe)
                for r in grid]
     table = trial_rows(results, plan.metric, searched)
     _write_text(plan.experiment, "trials.csv", table.to_csv(index=False))
-    finished = [r for r in grid if r.metrics and plan.metric in r.metrics]
-    if not finished:
+    if not any(r.metrics and plan.metric in r.metrics for r in grid):
         raise UcrnError(f"no trial reported {plan.metric}; see the trial logs in "
                         f"{plan.experiment}")
     best = grid.get_best_result(plan.metric, plan.mode, scope="all")
     state = trial_state(best.metrics, best.checkpoint)
     model = state.selected_model()
     test = evaluate(model, plan.dataset.split("test"), plan.dataset, state.config)  # once
-    result = state.to_fit_result(test, search_seconds, model)
+    result = state.to_fit_result(test, seconds, model)
     _save_best_run(plan.experiment, result)
-    config, valid = state.config, result.valid
     record = {
-        **config.to_dict(),
+        **state.config.to_dict(),
         "search": {"experiment": plan.experiment, "trial": _trial_id(best),
-                   "metric": plan.metric, "mode": plan.mode,
-                   "best_epoch": state.best_epoch, "trials": len(grid),
-                   "seconds": search_seconds},
-        "metrics": {"valid": valid, "test": test},
+                   "metric": plan.metric, "mode": plan.mode, "best_epoch": state.best_epoch,
+                   "trials": len(grid), "seconds": seconds},
+        "metrics": {"valid": result.valid, "test": test},
     }
     _write_text(plan.experiment, "best.json", json.dumps(record, indent=2) + "\n")
 
@@ -270,10 +276,10 @@ def run_search(plan: Plan) -> dict[str, Any]:
     stdout.print(f"best trial {_trial_id(best)}: {json.dumps(chosen)}")
     stdout.print(metrics_table(
         f"best checkpoint (epoch {state.best_epoch}) · selected on {plan.metric}",
-        {"valid": valid, "test (scored once)": test},
+        {"valid": result.valid, "test (scored once)": test},
     ))
-    stdout.print(f"wrote {plan.experiment}/trials.csv, best.json, best/ "
-                 f"({search_seconds:.0f} s of search)")
+    stdout.print(f"wrote {plan.experiment}/trials.csv, best.json, best/ ({seconds:.0f} s of "
+                 "search)")
     return record
 
 

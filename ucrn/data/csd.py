@@ -266,21 +266,8 @@ def convert_csd(
         not_in_folds = [v for v in segments if v not in fold_of]
         if not_in_folds:
             provenance.skipped["videos not in the folds"] = len(not_in_folds)
-        missing = {m: [v for v in segments if v in fold_of and v not in source]
-                   for m, source in features.items()}
-        missing = {m: videos for m, videos in missing.items() if videos}
-        if missing:
-            report = "; ".join(f"{len(v)} missing from {features[m].path} (e.g. {v[0]})"
-                               for m, v in missing.items())
-            if not allow_missing:
-                raise UcrnError(f"videos with labels but no features: {report}; pass "
-                                "--allow-missing to convert without them")
-            lost = {v for videos in missing.values() for v in videos}
-            provenance.skipped["videos without features"] = len(lost)
-            provenance.skipped["segments without features"] = sum(len(segments[v])
-                                                                  for v in lost)
-        else:
-            lost = set()
+        lost = _videos_without_features(segments, fold_of, features, allow_missing,
+                                        provenance)
         per_split = {split: [s for video in segments if fold_of.get(video) == split
                              and video not in lost for s in segments[video]]
                      for split in SPLITS}
@@ -300,6 +287,28 @@ def convert_csd(
             "modalities": [m for m in MODALITIES if m in features], "dims": converter.dims,
             "cleaned": provenance.cleaned, "skipped": provenance.skipped,
             "notes": provenance.notes}
+
+
+def _videos_without_features(
+    segments: dict[str, list[Segment]], fold_of: dict[str, str],
+    features: dict[str, ComputationalSequence], allow_missing: bool, provenance: Provenance,
+) -> set[str]:
+    """The videos of the folds that some feature file lacks: an error, or (with
+    ``allow_missing``) left out and counted."""
+    missing = {m: [v for v in segments if v in fold_of and v not in source]
+               for m, source in features.items()}
+    missing = {m: videos for m, videos in missing.items() if videos}
+    if not missing:
+        return set()
+    report = "; ".join(f"{len(v)} missing from {features[m].path} (e.g. {v[0]})"
+                       for m, v in missing.items())
+    if not allow_missing:
+        raise UcrnError(f"videos with labels but no features: {report}; pass "
+                        "--allow-missing to convert without them")
+    lost = {v for videos in missing.values() for v in videos}
+    provenance.skipped["videos without features"] = len(lost)
+    provenance.skipped["segments without features"] = sum(len(segments[v]) for v in lost)
+    return lost
 
 
 def _chunks(items: list[Segment]) -> Iterator[tuple[int, list[Segment]]]:
