@@ -7,7 +7,7 @@ import torch
 
 from ucrn.config import ModelConfig
 from ucrn.errors import UcrnError
-from ucrn.model import UCRN, Dropout, count_parameters, key_padding_mask
+from ucrn.model import UCRN, ByteDropout, count_parameters, key_padding_mask
 
 DIMS = {"l": 300, "a": 5, "v": 20}
 
@@ -120,7 +120,7 @@ def test_gradients_reach_every_parameter_of_the_trimodal_model():
 
 def test_dropout_drops_about_p_and_keeps_the_expectation():
     torch.manual_seed(0)
-    dropout = Dropout(0.1).train()
+    dropout = ByteDropout(0.1).train()
     out = dropout(torch.ones(200_000))
     assert (out == 0).float().mean().item() == pytest.approx(26 / 256, abs=0.005)
     assert out.mean().item() == pytest.approx(1.0, abs=0.01)

@@ -58,7 +58,7 @@ PAPER_PARAMETERS = {"trimodal": 422_401, "bimodal": 211_681}
 
 
 @dataclass
-class Plan:
+class EvaluationPlan:
     args: argparse.Namespace
     dataset: Dataset
     base: Config
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_baselines(path: str, task: str) -> pd.DataFrame:
+def _read_baselines(path: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UcrnError(f"--baselines {path} does not exist")
@@ -134,7 +134,7 @@ def _check_feature_sizes(config_path: Path, dataset: Dataset) -> None:
             )
 
 
-def plan_evaluation(argv: Sequence[str] | None = None) -> Plan:
+def plan_evaluation(argv: Sequence[str] | None = None) -> EvaluationPlan:
     """Parse and check every input; nothing here starts Ray."""
     args = build_parser().parse_args(argv)
     if args.seeds < 1:
@@ -149,18 +149,18 @@ def plan_evaluation(argv: Sequence[str] | None = None) -> Plan:
                 raise UcrnError(f"--ablations: unknown {name!r}; choose from "
                                 f"{', '.join(ABLATIONS)} or none")
             variants.append(name)
-    base, chosen = config_from_options(args.config, args.set, modalities=args.modalities,
-                                       epochs=args.epochs)
-    base, dataset = load_training_data(base, data_or_default(args.data), chosen)
+    base, modalities_chosen = config_from_options(
+        args.config, args.set, modalities=args.modalities, epochs=args.epochs)
+    base, dataset = load_training_data(base, data_or_default(args.data), modalities_chosen)
     if args.config:
         _check_feature_sizes(Path(args.config), dataset)
-    baselines = _read_baselines(args.baselines, base.model.task)
+    baselines = _read_baselines(args.baselines)
     dataset_name = args.dataset or next(
         (name for name in ("tbje-mosei", "mosei", "mosi") if name in dataset.name.lower()),
         dataset.name)
     name = Path(args.config).stem if args.config else "defaults"
     out = Path(args.out or f"evaluations/{name}").resolve()
-    return Plan(args, dataset, base, variants, list(range(args.seeds)), out, baselines,
+    return EvaluationPlan(args, dataset, base, variants, list(range(args.seeds)), out, baselines,
                 dataset_name)
 
 
@@ -185,7 +185,7 @@ def finished_runs(out: Path) -> dict[str, dict]:
     return records
 
 
-def record_run(plan: Plan, variant: str, seed: int, state: TrainingState) -> dict:
+def record_run(plan: EvaluationPlan, variant: str, seed: int, state: TrainingState) -> dict:
     """Score a finished run's selected checkpoint on test (once per condition), save it."""
     model, config = state.selected_model(), state.config
     conditions = score_conditions(model, plan.dataset, config, perturb=variant == FULL,
@@ -204,7 +204,7 @@ def record_run(plan: Plan, variant: str, seed: int, state: TrainingState) -> dic
 class RecordRuns(Callback):
     """Records each run as soon as its trial ends (in the driver, which holds the data)."""
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: EvaluationPlan):
         self.plan = plan
         self.failed: list[str] = []
 
@@ -227,7 +227,7 @@ class RecordRuns(Callback):
         self.failed.append(f"{run_key(run['variant'], run['seed'])}: training failed")
 
 
-def run_pending(plan: Plan, pending: list[tuple[str, int]]) -> None:
+def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
     """Train the pending runs as one Tune experiment; record each as soon as it ends."""
     from tuning.ray_start import start_ray
 
@@ -269,7 +269,7 @@ def run_pending(plan: Plan, pending: list[tuple[str, int]]) -> None:
 # -------------------------------------------------------------------------------- tables
 
 
-def build_tables(plan: Plan, records: dict[str, dict]) -> dict[str, pd.DataFrame]:
+def build_tables(plan: EvaluationPlan, records: dict[str, dict]) -> dict[str, pd.DataFrame]:
     """Every table of the report, from the per-run records."""
     task = plan.base.model.task
     metrics = [m for m in metric_names(task) if m != "loss"]
@@ -291,9 +291,9 @@ def build_tables(plan: Plan, records: dict[str, dict]) -> dict[str, pd.DataFrame
                          **{f"full_{m}": full[m] for m in headline}})
     per_condition = pd.DataFrame(rows)
     for name, kinds in (("missing_modality", ("masked", "dropped")), ("noise", ("noise",))):
-        chosen = per_condition[per_condition["condition"].str.split(" ").str[0].isin(kinds)] \
+        of_kind = per_condition[per_condition["condition"].str.split(" ").str[0].isin(kinds)] \
             if not per_condition.empty else per_condition
-        tables[name] = condition_table(chosen, headline, drop_percent) if not chosen.empty \
+        tables[name] = condition_table(of_kind, headline, drop_percent) if not of_kind.empty \
             else pd.DataFrame()
 
     ablation_rows = []
@@ -312,7 +312,7 @@ def build_tables(plan: Plan, records: dict[str, dict]) -> dict[str, pd.DataFrame
     return tables
 
 
-def parameter_table(plan: Plan) -> pd.DataFrame:
+def parameter_table(plan: EvaluationPlan) -> pd.DataFrame:
     """Table 7: our counts for the evaluated config, trimodal and every bimodal pair."""
     dims = plan.dataset.input_dims
     rows = []
@@ -344,12 +344,11 @@ def std_table(tables: dict[str, pd.DataFrame], headline: list[str]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def rpi_table(plan: Plan, main: pd.DataFrame) -> pd.DataFrame:
+def rpi_table(plan: EvaluationPlan, main: pd.DataFrame) -> pd.DataFrame:
     """Table 9: |our mean − baseline| / our std, for the baselines of this dataset."""
     ours = main.set_index("metric")
     rows = []
-    chosen = plan.baselines[plan.baselines["dataset"] == plan.dataset_name]
-    for _, baseline in chosen.iterrows():
+    for _, baseline in plan.baselines[plan.baselines["dataset"] == plan.dataset_name].iterrows():
         metric = baseline["metric"]
         if metric not in ours.index:
             continue
@@ -366,7 +365,7 @@ def rpi_table(plan: Plan, main: pd.DataFrame) -> pd.DataFrame:
 # -------------------------------------------------------------------------------- report
 
 
-def write_report(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float,
+def write_report(plan: EvaluationPlan, tables: dict[str, pd.DataFrame], seconds: float,
                  runs_made: int) -> Path:
     """CSV files, figures and REPORT.md in ``plan.out``; ``seconds`` is this invocation's
     wall time, in which it made ``runs_made`` of the runs."""
@@ -383,7 +382,7 @@ def write_report(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float,
     return report
 
 
-def report_markdown(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float,
+def report_markdown(plan: EvaluationPlan, tables: dict[str, pd.DataFrame], seconds: float,
                     runs_made: int) -> str:
     """REPORT.md: every table, the figures, and what the numbers are."""
     seeds = int(tables["main"]["seeds"].max()) if not tables["main"].empty else 0
@@ -439,7 +438,7 @@ def report_markdown(plan: Plan, tables: dict[str, pd.DataFrame], seconds: float,
     return "\n".join(lines)
 
 
-def run_evaluation(plan: Plan) -> Path:
+def run_evaluation(plan: EvaluationPlan) -> Path:
     started = time.perf_counter()
     plan.out.mkdir(parents=True, exist_ok=True)
     done = finished_runs(plan.out)

@@ -41,7 +41,7 @@ console = Console(stderr=True)
 
 
 @dataclass
-class Plan:
+class SearchPlan:
     """Everything checked before Ray starts."""
 
     args: argparse.Namespace
@@ -112,7 +112,7 @@ def _experiment_path(args: argparse.Namespace) -> str:
     return str(candidates[-1].parent)
 
 
-def plan_search(argv: Sequence[str] | None = None) -> Plan:
+def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
     """Parse and check every input; nothing here starts Ray."""
     args = build_parser().parse_args(argv)
     for name in ("num_samples", "epochs", "grace_period"):
@@ -122,8 +122,9 @@ def plan_search(argv: Sequence[str] | None = None) -> Plan:
     experiment = _experiment_path(args)
     if args.grace_period > args.epochs:
         raise UcrnError(f"--grace-period {args.grace_period} exceeds --epochs {args.epochs}")
-    base, chosen = config_from_options(args.config, args.set, modalities=args.modalities,
-                                       epochs=args.epochs, seed=args.seed, patience=args.epochs)
+    base, modalities_chosen = config_from_options(
+        args.config, args.set, modalities=args.modalities, epochs=args.epochs, seed=args.seed,
+        patience=args.epochs)
     space = load_space(args.space, base, parse_set_options(args.set or []))
 
     if not args.metric.startswith("valid_"):
@@ -145,7 +146,7 @@ def plan_search(argv: Sequence[str] | None = None) -> Plan:
         )
     base = apply_overrides(base, {"select_metric": args.metric.removeprefix("valid_")})
 
-    base, dataset = load_training_data(base, data_or_default(args.data), chosen)
+    base, dataset = load_training_data(base, data_or_default(args.data), modalities_chosen)
 
     if not _is_uri(experiment):
         exists = (Path(experiment) / "tuner.pkl").exists()
@@ -157,7 +158,7 @@ def plan_search(argv: Sequence[str] | None = None) -> Plan:
         if not args.resume and Path(experiment).exists():
             raise UcrnError(f"{experiment} exists; pass --resume to continue it, or another "
                             "--name")
-    return Plan(args, dataset, base, space, args.metric, mode, experiment)
+    return SearchPlan(args, dataset, base, space, args.metric, mode, experiment)
 
 
 def _write_text(experiment: str, name: str, text: str) -> None:
@@ -182,7 +183,7 @@ def _save_best_run(experiment: str, result: FitResult) -> None:
         pyarrow.fs.copy_files(folder, f"{experiment}/best")
 
 
-def run_search(plan: Plan) -> dict[str, Any]:
+def run_search(plan: SearchPlan) -> dict[str, Any]:
     """Start or join Ray, run the search, score the best checkpoint on test once."""
     from tuning.ray_start import start_ray
     from tuning.trials import resources_for
@@ -204,7 +205,7 @@ def run_search(plan: Plan) -> dict[str, Any]:
     return _record_search(plan, grid, searched, time.perf_counter() - started)
 
 
-def _tuner(plan: Plan, resources, searched: list[str]):
+def _tuner(plan: SearchPlan, resources, searched: list[str]):
     """The Tune experiment: a new one, or the interrupted one restored (``--resume``)."""
     import ray
     from ray import tune
@@ -241,7 +242,7 @@ def _tuner(plan: Plan, resources, searched: list[str]):
     )
 
 
-def _record_search(plan: Plan, grid, searched: list[str], seconds: float) -> dict[str, Any]:
+def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) -> dict[str, Any]:
     """trials.csv; the best trial's selected checkpoint scored on test once; best.json and
     best/; the summary on the terminal."""
     from tuning.tables import rich_table, trial_rows
@@ -272,8 +273,8 @@ def _record_search(plan: Plan, grid, searched: list[str], seconds: float) -> dic
     stdout = table_console()
     stdout.print(rich_table(table, title=f"{len(grid)} trials, best {plan.metric} first",
                             max_rows=20))
-    chosen = {key: best.config[key] for key in searched if key in best.config}
-    stdout.print(f"best trial {_trial_id(best)}: {json.dumps(chosen)}")
+    best_settings = {key: best.config[key] for key in searched if key in best.config}
+    stdout.print(f"best trial {_trial_id(best)}: {json.dumps(best_settings)}")
     stdout.print(metrics_table(
         f"best checkpoint (epoch {state.best_epoch}) · selected on {plan.metric}",
         {"valid": result.valid, "test (scored once)": test},

@@ -89,12 +89,12 @@ def make_trainable(
     ``run_name_of(trial_config, trial_id)`` names the Train run; a run started again under
     the same name (and storage) continues from its last checkpoint.
     """
-    holder = [data_ref]  # in a list, so that Ray passes the reference, not the data
+    data_refs = [data_ref]  # in a list: Ray then passes the reference, not the data
 
     def run_trial(trial_config: dict[str, Any]) -> None:
         config = apply_overrides(base, overrides_of(trial_config))
         use_gpu = resources.gpus_per_worker > 0
-        loop_config = {"config": config.to_dict(), "data": holder,
+        loop_config = {"config": config.to_dict(), "data": data_refs,
                        "threads": resources.threads, "use_gpu": use_gpu}
         if resources.workers == 1:
             train_in_trial(loop_config)

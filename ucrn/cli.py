@@ -189,15 +189,15 @@ def _data_path(args: argparse.Namespace) -> Path:
 def command_train(args: argparse.Namespace) -> None:
     from ucrn.engine import fit, load_training_data, resolve_device, save_run, select_metric
 
-    config, chosen = config_from_options(args.config, args.set, modalities=args.modalities,
-                                         epochs=args.epochs, seed=args.seed)
+    config, modalities_chosen = config_from_options(
+        args.config, args.set, modalities=args.modalities, epochs=args.epochs, seed=args.seed)
     out_dir = Path(args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"))
     if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
         raise UcrnError(f"--out {out_dir} is not empty; choose another directory or --overwrite")
     resolve_device(args.device)
     check_directory(out_dir, "--out", create=False)  # before any work: no result is lost
     data_path = _data_path(args)
-    config, dataset = load_training_data(config, data_path, chosen)
+    config, dataset = load_training_data(config, data_path, modalities_chosen)
     metric = select_metric(config)
     console.print(
         f"training UCRN on {data_path} · modalities "

@@ -43,17 +43,17 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        chosen = torch.device(device)
+        wanted = torch.device(device)
     except (RuntimeError, TypeError):
         raise UcrnError(f"--device {device!r}: not a device; give cpu, cuda or cuda:N") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
+    if wanted.type == "cuda" and not torch.cuda.is_available():
         raise UcrnError(f"--device {device}: this machine has no GPU that torch can use; "
                         "give --device cpu")
-    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+    if wanted.type == "cuda" and (wanted.index or 0) >= torch.cuda.device_count():
         raise UcrnError(f"--device {device}: there are {torch.cuda.device_count()} GPUs")
-    if chosen.type not in ("cpu", "cuda"):
+    if wanted.type not in ("cpu", "cuda"):
         raise UcrnError(f"--device {device}: ucrn runs on cpu or cuda")
-    return chosen
+    return wanted
 
 
 def select_metric(config: Config) -> str:
@@ -174,7 +174,7 @@ def modality_subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def _train_epoch(
-    trained: nn.Module,
+    wrapped: nn.Module,
     model: UCRN,
     optimizer: torch.optim.Optimizer,
     data: _TaskData,
@@ -186,7 +186,7 @@ def _train_epoch(
     """One pass over ``order``: mean total loss, L_C and L_M over the batches."""
     train_config = config.train
     lambda_m = train_config.lambda_m * min(1.0, epoch / (train_config.lambda_m_warmup + 1))
-    trained.train()
+    wrapped.train()
     totals = torch.zeros(3, device=data.targets.device)
     batches = 0
     subsets = modality_subsets(config.model.modalities) if train_config.modality_dropout else []
@@ -199,7 +199,7 @@ def _train_epoch(
             keep = subsets[int(torch.randint(len(subsets), (1,), generator=generator))]
             features = {m: features[m] for m in keep}
             lengths = {m: lengths[m] for m in keep}
-        output = trained(features, lengths)
+        output = wrapped(features, lengths)
         loss = ucrn_loss(
             output.prediction, batch.targets, output.unimodal, config.model.task,
             lambda_m, train_config.lambda_c,
@@ -229,7 +229,7 @@ class _Training:
         self.model = UCRN(config.model).to(device)
         train_split = drop_modalities(dataset.split("train"), modalities)
         self.model.set_input_statistics(input_statistics(train_split, config.model.standardise))
-        self.trained = wrap_model(self.model) if wrap_model else self.model
+        self.wrapped = wrap_model(self.model) if wrap_model else self.model
         self.optimizer = torch.optim.Adam(  # fused: one kernel for all parameters, 9× faster
             self.model.parameters(), lr=config.train.learning_rate,
             weight_decay=config.train.weight_decay, fused=True,
@@ -258,7 +258,7 @@ class _Training:
         started = time.perf_counter()
         order = epoch_order(len(self.train.split), shuffle=True, generator=self.batch_order,
                             rank=rank, world_size=world_size)
-        losses = _train_epoch(self.trained, self.model, self.optimizer, self.train, order,
+        losses = _train_epoch(self.wrapped, self.model, self.optimizer, self.train, order,
                               self.config, self.batch_order, epoch)
         train_seconds = time.perf_counter() - started
         if not math.isfinite(losses[0]):

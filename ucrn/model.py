@@ -44,7 +44,7 @@ def key_padding_mask(lengths: torch.Tensor | None, steps: int) -> torch.Tensor |
     return valid[:, None, None, :]
 
 
-class Dropout(nn.Module):
+class ByteDropout(nn.Module):
     """Inverted dropout; on the CPU its mask is made of random bytes, eight per 64-bit draw.
 
     PyTorch's CPU kernel draws one random number per element, which took 15 % of a training
@@ -88,7 +88,7 @@ class HeadSliceAttention(nn.Module):
         # eq. (4) has no residual around FC1, so dropout after the join would hit the only
         # path through every layer (it kept deep, narrow or heavily regularised models from
         # training at all).
-        self.dropout = Dropout(dropout)
+        self.dropout = ByteDropout(dropout)
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, last: torch.Tensor | None = None
@@ -130,7 +130,7 @@ class RefinementLayer(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.fc2 = nn.Linear(width, config.ffn_multiplier * width)
         self.fc3 = nn.Linear(config.ffn_multiplier * width, width)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = ByteDropout(config.dropout)
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, last: torch.Tensor | None = None
@@ -164,7 +164,7 @@ class URM(nn.Module):
         self.projection = nn.Linear(input_dim, config.width)
         layer_count = config.urm_layers if config.use_urm else 0
         self.layers = nn.ModuleList(RefinementLayer(config) for _ in range(layer_count))
-        self.dropout = Dropout(config.dropout)
+        self.dropout = ByteDropout(config.dropout)
         self._position_table = sinusoidal_positions(64, config.width)  # grown on demand
 
     def _positions(self, steps: int, device: torch.device) -> torch.Tensor:
@@ -252,7 +252,7 @@ class UCRN(nn.Module):
         self.crm = CRM(config)
         width = config.width
         self.head = nn.Sequential(  # the two fully connected layers F_fc of eq. (12)
-            nn.Linear(width, width), nn.ReLU(), Dropout(config.dropout),
+            nn.Linear(width, width), nn.ReLU(), ByteDropout(config.dropout),
             nn.Linear(width, get_task(config.task).output_size),
         )
 
