@@ -1,12 +1,13 @@
-"""What a Ray Tune trial trained by Ray Train costs on top of the same training in-process.
+"""What a Ray Tune trial costs on top of the same training in-process.
 
-    python benchmarks/trial_overhead.py [--epochs 3] [--scale 0.1] [--repeats 2]
+    python benchmarks/trial_overhead.py [--epochs 3] [--scale 0.1] [--repeats 2] [--workers 1]
 
 Trains the same configuration (default UCRN, synthetic MOSI at ``--scale``) for ``--epochs``
 epochs twice: with ``ucrn.engine.fit`` in this process, as ``ucrn train`` does, and as one
-Tune trial whose training runs on one Ray Train worker, as ``tuning/search.py`` does. Ray is
-started (and the data put in its object store) before the clock starts. Prints both times,
-their difference, and where the trial's time went as seen from inside it.
+Tune trial, as ``tuning/search.py`` runs it: in the trial's own process for one worker, as a
+Ray Train worker group with DDP for ``--workers`` ≥ 2. Ray is started (and the data put in
+its object store) before the clock starts. Prints both times, their difference, and where
+the trial's time went as seen from inside it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--scale", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
 
     import ray
@@ -49,7 +51,7 @@ def main() -> None:
 
         session = start_ray(num_cpus=2)
         data_ref = ray.put(dataset)
-        resources = Resources(workers=1, cpus_per_worker=1.9)
+        resources = Resources(workers=args.workers, cpus_per_worker=1.9 / args.workers)
         trainable = make_trainable(config, data_ref, resources, f"{folder}/train",
                                    overrides_of=lambda trial: {})
         as_trial, inside = [], []
@@ -69,7 +71,8 @@ def main() -> None:
           f"UCRN, {session.cpus:g} CPUs; median of {args.repeats}")
     print(f"in-process fit (ucrn train):     {plain:6.1f} s  "
           f"({', '.join(f'{s:.1f}' for s in in_process)})")
-    print(f"one Tune trial on Ray Train:     {trial:6.1f} s  "
+    kind = "one worker" if args.workers == 1 else f"{args.workers} Train workers"
+    print(f"one Tune trial ({kind}):       {trial:6.1f} s  "
           f"({', '.join(f'{s:.1f}' for s in as_trial)})")
     print(f"overhead per trial:              {trial - plain:6.1f} s")
     print(f"  of which the trial's epochs:   {training_inside:6.1f} s (training + validation "

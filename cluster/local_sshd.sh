@@ -5,8 +5,11 @@
 #   cluster/local_sshd.sh start    # prints nothing on success; the key is $DIR/client_key
 #   cluster/local_sshd.sh stop     # stops it (by the PID in $DIR/sshd.pid) and forgets the key
 #
-# It also links $DIR/ray to the `ray` of the Python that runs this project, so that the
-# commands `ray up` runs over SSH find it whatever the login PATH is.
+# It also links $DIR/ray to the `ray` of the Python that runs this project, and gives the SSH
+# sessions a throw-away home ($DIR/home) whose .bashrc puts $DIR first on the PATH: Ray's
+# launcher sources ~/.bashrc before each command it runs over SSH, so a bare `ray` (the
+# `ray stop` of `ray down`) finds this project's Ray even in a virtualenv, and your own home
+# is left untouched. $DIR/home/.ray links to ~/.ray, where the auth token is.
 set -euo pipefail
 DIR=${UCRN_SSH_DIR:-/tmp/ucrn-ssh}
 PYTHON=${PYTHON:-python}
@@ -20,6 +23,9 @@ start() {
     grep -qF "$(cat "$DIR/client_key.pub")" ~/.ssh/authorized_keys ||
         cat "$DIR/client_key.pub" >> ~/.ssh/authorized_keys
     ln -sf "$(dirname "$("$PYTHON" -c 'import sys; print(sys.executable)')")/ray" "$DIR/ray"
+    mkdir -p "$DIR/home" ~/.ray
+    ln -sfn ~/.ray "$DIR/home/.ray"
+    echo "export PATH=$DIR:\$PATH" > "$DIR/home/.bashrc"
     cat > "$DIR/sshd_config" <<CONFIG
 ListenAddress 127.0.0.1
 Port 22
@@ -33,6 +39,7 @@ AuthorizedKeysFile .ssh/authorized_keys
 StrictModes no
 UsePAM no
 Subsystem sftp internal-sftp
+SetEnv HOME=$DIR/home
 CONFIG
     if [ -f "$DIR/sshd.pid" ] && kill -0 "$(cat "$DIR/sshd.pid")" 2>/dev/null; then
         return 0
