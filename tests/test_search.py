@@ -146,9 +146,9 @@ def _listening_addresses(root: psutil.Process) -> set[str]:
             if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("workers", [1, 2])
-def test_nothing_a_search_starts_listens_beyond_loopback(tiny_mosi, tmp_path, workers):
+def _search_watching_sockets(tiny_mosi, tmp_path, workers: int) -> set[str]:
+    """Run a search of two trials in a subprocess; the addresses its process tree listened
+    on while it ran (polled every 0.2 s). The search must succeed."""
     driver = subprocess.Popen(
         [*SEARCH, "--data", str(tiny_mosi), *TINY_SEARCH, "--max-concurrent", "1",
          "--workers-per-trial", str(workers), "--cpus-per-worker", "0.5",
@@ -163,8 +163,39 @@ def test_nothing_a_search_starts_listens_beyond_loopback(tiny_mosi, tmp_path, wo
         os.killpg(driver.pid, signal.SIGKILL)
     _, err = driver.communicate()
     assert driver.returncode == 0, err[-2000:]
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nothing_a_search_starts_listens_beyond_loopback(tiny_mosi, tmp_path, workers):
+    seen = _search_watching_sockets(tiny_mosi, tmp_path, workers)
     assert seen, "found no listening socket at all"
     assert seen <= LOOPBACK, f"listening beyond loopback: {seen - LOOPBACK}"
+
+
+@pytest.fixture
+def another_ray():
+    """Another Ray instance running on the machine, stopped by its PID afterwards."""
+    other = subprocess.Popen([sys.executable, str(ROOT / "tests" / "another_ray.py")],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+        yield
+    finally:
+        other.terminate()
+        other.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_data_parallel_trials_follow_each_other_beside_another_ray(another_ray, tiny_mosi,
+                                                                    tmp_path):
+    # Ray Train's placement-group cleaner asks the state API about the trial's controller;
+    # with two Ray instances it could not tell which, stopped, and the first trial's workers
+    # kept their CPUs: the second trial waited for ever.
+    _search_watching_sockets(tiny_mosi, tmp_path, workers=2)
+    trials = pd.read_csv(tmp_path / "exp" / "trials.csv")
+    assert len(trials) == 2 and set(trials["status"]) == {"done"}
 
 
 def test_the_dashboard_refuses_a_client_without_the_token(ray_session):

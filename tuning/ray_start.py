@@ -70,6 +70,18 @@ def _keep_on_localhost() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def _name_state_api(dashboard_port: int) -> None:
+    """Tell the processes of the local Ray where its state API answers.
+
+    Ray Train's placement-group cleaner asks the state API, without an address, whether a
+    trial's Train controller still lives; with another Ray on the machine that question
+    fails ("multiple active Ray instances"), the cleaner stops, and a data-parallel trial's
+    workers can keep their CPUs after the trial, so the next trial waits for ever. The
+    variable, set before Ray starts, reaches every process Ray starts.
+    """
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{LOCALHOST}:{dashboard_port}"
+
+
 def check_reachable(address: str, timeout_s: float = 10.0) -> None:
     """Fail with one line, within ``timeout_s``, when nothing answers at a HOST:PORT address
     (Ray itself retries for minutes). ``auto`` and ``ray://`` addresses are left to Ray."""
@@ -107,11 +119,13 @@ def start_ray(
             ray.init(address=address, log_to_driver=False)
         else:
             _keep_on_localhost()
+            dashboard_port = _free_port(DASHBOARD_PORT)
+            _name_state_api(dashboard_port)
             # "local": without it, Ray dials the last `ray start` cluster of this machine
             # (/tmp/ray/ray_current_cluster), even one that has since stopped.
             ray.init(
                 address="local", _node_ip_address=LOCALHOST, dashboard_host=LOCALHOST,
-                dashboard_port=_free_port(DASHBOARD_PORT), include_dashboard=True,
+                dashboard_port=dashboard_port, include_dashboard=True,
                 num_cpus=num_cpus,
                 object_store_memory=object_store_bytes, log_to_driver=False,
             )
