@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ucrn.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "tuning" / "search.py")]
+NODES = [sys.executable, str(ROOT / "cluster" / "local_nodes.py")]
 TINY_SEARCH = ["--num-samples", "2", "--epochs", "2", "--grace-period", "1",
                "--set", "urm_layers=1", "--set", "crm_layers=1"]
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
@@ -146,14 +149,18 @@ def _listening_addresses(root: psutil.Process) -> set[str]:
             if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
-def _search_watching_sockets(tiny_mosi, tmp_path, workers: int) -> set[str]:
+def _search_watching_sockets(tiny_mosi, tmp_path, workers: int, environment=None) -> set[str]:
     """Run a search of two trials in a subprocess; the addresses its process tree listened
-    on while it ran (polled every 0.2 s). The search must succeed."""
+    on while it ran (polled every 0.2 s). The search must succeed and leave no rendezvous
+    file behind."""
+    stores = Path(tempfile.gettempdir()).glob
+    stores_before = set(stores("ucrn-rendezvous-*"))
     driver = subprocess.Popen(
         [*SEARCH, "--data", str(tiny_mosi), *TINY_SEARCH, "--max-concurrent", "1",
          "--workers-per-trial", str(workers), "--cpus-per-worker", "0.5",
          "--storage", str(tmp_path), "--name", "exp"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env=environment)
     root, seen = psutil.Process(driver.pid), set()
     deadline = time.monotonic() + 400
     while driver.poll() is None and time.monotonic() < deadline:
@@ -163,6 +170,7 @@ def _search_watching_sockets(tiny_mosi, tmp_path, workers: int) -> set[str]:
         os.killpg(driver.pid, signal.SIGKILL)
     _, err = driver.communicate()
     assert driver.returncode == 0, err[-2000:]
+    assert set(stores("ucrn-rendezvous-*")) == stores_before
     return seen
 
 
@@ -174,26 +182,49 @@ def test_nothing_a_search_starts_listens_beyond_loopback(tiny_mosi, tmp_path, wo
     assert seen <= LOOPBACK, f"listening beyond loopback: {seen - LOOPBACK}"
 
 
-@pytest.fixture
-def another_ray():
-    """Another Ray instance running on the machine, stopped by its PID afterwards."""
-    other = subprocess.Popen([sys.executable, str(ROOT / "tests" / "another_ray.py")],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+@pytest.fixture(params=["another Ray", "a stale note", "a live ray start cluster"])
+def neighbour(request):
+    """What else a machine has: another Ray instance; Ray's note of the latest ``ray start``
+    cluster naming one long gone; or a live ``ray start`` cluster (and its note). The note
+    lives in a temporary RAY_TMPDIR, not the machine's; the environment for the search is
+    yielded, and whatever was started is stopped by its PID afterwards."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ucrn-"))  # short: Ray's socket paths live there
+    environment = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    (ray_tmp / "ray").mkdir()
     try:
-        assert other.stdout.readline().strip() == "up"
-        yield
+        if request.param == "another Ray":
+            other = subprocess.Popen([sys.executable, str(ROOT / "tests" / "another_ray.py")],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, env=environment)
+            try:
+                assert other.stdout.readline().strip() == "up"
+                yield environment
+            finally:
+                other.terminate()
+                other.wait(timeout=60)
+        elif request.param == "a stale note":
+            (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:6380")
+            yield environment
+        else:
+            nodes = {**environment, "UCRN_NODES_STATE": str(ray_tmp / "nodes.json")}
+            started = subprocess.run([*NODES, "start", "--workers", "0"], env=nodes,
+                                     capture_output=True, text=True, timeout=180)
+            try:
+                assert started.returncode == 0, started.stderr[-2000:]
+                assert (ray_tmp / "ray" / "ray_current_cluster").exists()
+                yield environment
+            finally:
+                subprocess.run([*NODES, "stop"], env=nodes, timeout=120)
     finally:
-        other.terminate()
-        other.wait(timeout=60)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_data_parallel_trials_follow_each_other_beside_another_ray(another_ray, tiny_mosi,
-                                                                    tmp_path):
-    # Ray Train's placement-group cleaner asks the state API about the trial's controller;
-    # with two Ray instances it could not tell which, stopped, and the first trial's workers
-    # kept their CPUs: the second trial waited for ever.
-    _search_watching_sockets(tiny_mosi, tmp_path, workers=2)
+def test_data_parallel_trials_follow_each_other_beside(neighbour, tiny_mosi, tmp_path):
+    # Ray Train's placement-group cleaner asks the state API about the trial's controller.
+    # Looked up on the machine, the API was the wrong one (or none): the cleaner gave up and
+    # the first trial's workers kept their CPUs, so the second trial waited for ever.
+    _search_watching_sockets(tiny_mosi, tmp_path, workers=2, environment=neighbour)
     trials = pd.read_csv(tmp_path / "exp" / "trials.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"done"}
 
@@ -289,3 +320,4 @@ def test_a_worker_that_fails_once_is_retried_from_its_checkpoint(tiny_mosi, tmp_
     epochs = [entry["epoch"] for entry in history]
     assert epochs[-1] == 3  # the trial finished all its epochs
     assert epochs.count(1) == 1  # epoch 1 was not redone: the restart used its checkpoint
+

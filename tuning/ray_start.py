@@ -12,6 +12,7 @@ trial alive for 5–7 s more; 0.5 s cuts that to 2 s.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -70,16 +71,28 @@ def _keep_on_localhost() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def _name_state_api(dashboard_port: int) -> None:
-    """Tell the processes of the local Ray where its state API answers.
+@contextlib.contextmanager
+def _state_api_named(dashboard_port: int):
+    """Tell the processes a local Ray starts in this block where its state API answers.
 
     Ray Train's placement-group cleaner asks the state API, without an address, whether a
-    trial's Train controller still lives; with another Ray on the machine that question
-    fails ("multiple active Ray instances"), the cleaner stops, and a data-parallel trial's
-    workers can keep their CPUs after the trial, so the next trial waits for ever. The
-    variable, set before Ray starts, reaches every process Ray starts.
+    trial's Train controller still lives. Unnamed, the API is looked up on the machine: in
+    the last ``ray start`` cluster's note (stale, or another live cluster) or among the
+    running Ray instances (two are too many). The question then fails, the cleaner gives
+    up, and a data-parallel trial's workers can keep their CPUs after the trial: the next
+    trial waits for ever. Ray's processes inherit the variable when they start; this process
+    gets its environment back, so that nothing it starts later (another cluster's nodes)
+    inherits an address that is not theirs.
     """
+    before = os.environ.get("RAY_API_SERVER_ADDRESS")
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{LOCALHOST}:{dashboard_port}"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["RAY_API_SERVER_ADDRESS"]
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = before
 
 
 def check_reachable(address: str, timeout_s: float = 10.0) -> None:
@@ -120,15 +133,15 @@ def start_ray(
         else:
             _keep_on_localhost()
             dashboard_port = _free_port(DASHBOARD_PORT)
-            _name_state_api(dashboard_port)
             # "local": without it, Ray dials the last `ray start` cluster of this machine
             # (/tmp/ray/ray_current_cluster), even one that has since stopped.
-            ray.init(
-                address="local", _node_ip_address=LOCALHOST, dashboard_host=LOCALHOST,
-                dashboard_port=dashboard_port, include_dashboard=True,
-                num_cpus=num_cpus,
-                object_store_memory=object_store_bytes, log_to_driver=False,
-            )
+            with _state_api_named(dashboard_port):
+                ray.init(
+                    address="local", _node_ip_address=LOCALHOST, dashboard_host=LOCALHOST,
+                    dashboard_port=dashboard_port, include_dashboard=True,
+                    num_cpus=num_cpus,
+                    object_store_memory=object_store_bytes, log_to_driver=False,
+                )
     context = ray.get_runtime_context()
     resources = ray.cluster_resources()
     dashboard = ray._private.worker.get_dashboard_url()

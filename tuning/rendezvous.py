@@ -37,14 +37,47 @@ def _keep_sockets_on_loopback() -> None:
     os.environ["NCCL_SOCKET_IFNAME"] = LOOPBACK_INTERFACE
 
 
+def _remove_file(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _release_store(path: str) -> None:
+    """Once every rank has joined, gloo needs the store no more: rank 0 removes its file."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    if dist.get_rank() == 0:
+        _remove_file(path)
+
+
 class _LoopbackTorchBackend(_TorchBackend):
+    """One per Train run; a restarted worker group gets a new store file.
+
+    The file outlives the process group, and a trial stopped by the scheduler (ASHA stops
+    every trial at its last epoch) kills its workers before any shutdown hook runs. Gloo
+    is done with the store once the group is up, so its file goes at once; NCCL reads it
+    again at its first collective, so its file goes at shutdown, when there is one.
+    """
+
+    store: str | None = None  # the current group's file, on its workers' node
+
+    def _remove_store(self, worker_group) -> None:
+        if self.store is not None:
+            worker_group.execute_single(0, _remove_file, self.store)
+            self.store = None
+
     def on_start(self, worker_group, backend_config: TorchConfig) -> None:
         if len(set(worker_group.execute(_node_id))) > 1:
             super().on_start(worker_group, backend_config)  # peers on other nodes
             return
         backend = backend_config.backend or (
             "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo")
+        self._remove_store(worker_group)  # a restarted group's predecessor's, if any
         store = os.path.join(tempfile.gettempdir(), f"ucrn-rendezvous-{uuid.uuid4().hex}")
+        self.store = store
         worker_group.execute(_set_torch_distributed_env_vars)
         worker_group.execute(_keep_sockets_on_loopback)
         ray.get([
@@ -55,6 +88,13 @@ class _LoopbackTorchBackend(_TorchBackend):
             )
             for rank in range(len(worker_group))
         ])
+        if backend == "gloo":
+            worker_group.execute(_release_store, store)
+            self.store = None
+
+    def on_shutdown(self, worker_group, backend_config: TorchConfig) -> None:
+        super().on_shutdown(worker_group, backend_config)
+        self._remove_store(worker_group)
 
 
 @dataclass
