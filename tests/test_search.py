@@ -321,3 +321,35 @@ def test_a_worker_that_fails_once_is_retried_from_its_checkpoint(tiny_mosi, tmp_
     assert epochs[-1] == 3  # the trial finished all its epochs
     assert epochs.count(1) == 1  # epoch 1 was not redone: the restart used its checkpoint
 
+
+@pytest.mark.slow
+def test_a_search_whose_trials_stop_reporting_fails_with_one_line(tiny_mosi, tmp_path):
+    stalled = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "stalled_search.py"), "--data", str(tiny_mosi),
+         *TINY_SEARCH, "--stall-minutes", "0.2", "--storage", str(tmp_path), "--name", "exp"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert stalled.returncode == 2, stalled.stderr[-2000:]
+    last = stalled.stderr.strip().splitlines()[-1]
+    assert last.startswith("search: error: no trial reported for 0.2 minutes"), last
+    assert last.endswith("continue with --resume")
+    assert not (tmp_path / "exp" / "best.json").exists()
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_says_so_and_scores_nothing(tiny_mosi, tmp_path):
+    driver = subprocess.Popen(
+        [*SEARCH, "--data", str(tiny_mosi), *TINY_SEARCH[2:], "--num-samples", "1000",
+         "--max-concurrent", "1", "--storage", str(tmp_path), "--name", "exp"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    experiment = tmp_path / "exp"
+    deadline = time.monotonic() + 300
+    while not _completed_trials(experiment) and time.monotonic() < deadline:
+        assert driver.poll() is None, "the search ended before it could be interrupted"
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = driver.communicate(timeout=180)
+    assert driver.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "search: interrupted; continue with --resume"
+    assert not (experiment / "best.json").exists()  # nothing was scored on test
+    assert len(pd.read_csv(experiment / "trials.csv")) >= 1  # what ran is on record

@@ -27,6 +27,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
                          "for one worker per trial, 1 for data parallelism; without: 0)")
     cluster.add_argument("--max-failures", type=int, default=2,
                          help="restarts of a failed trial from its last checkpoint")
+    cluster.add_argument("--stall-minutes", type=float, default=30.0,
+                         help="stop, with an error, when no trial has reported an epoch for "
+                         "this long (default 30)")
     return cluster
 
 
@@ -37,6 +40,8 @@ def check_cluster_arguments(args: argparse.Namespace) -> None:
             raise UcrnError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
     if args.max_failures < 0:
         raise UcrnError(f"--max-failures {args.max_failures}: give 0 or more")
+    if not (math.isfinite(args.stall_minutes) and args.stall_minutes > 0):
+        raise UcrnError(f"--stall-minutes {args.stall_minutes:g}: give a number of minutes > 0")
     for name in ("cpus_per_worker", "gpus_per_worker"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value >= 0):

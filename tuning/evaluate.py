@@ -30,6 +30,7 @@ from ray.tune import Callback
 from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
+from tuning.progress import ProgressWatch, check_ran_to_end
 from tuning.tables import (
     condition_table,
     markdown,
@@ -215,6 +216,8 @@ class RecordRuns(Callback):
         from tuning.trials import trial_state
 
         variant, seed = trial.config["run"]["variant"], trial.config["run"]["seed"]
+        if not trial.last_result.get("done"):
+            return  # stopped before its last epoch (the run stalled, or Ctrl-C): still pending
         try:
             record_run(self.plan, variant, seed, trial_state(trial.last_result,
                                                              trial.checkpoint))
@@ -248,6 +251,7 @@ def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
         run_name_of=lambda trial, _: run_key(trial["run"]["variant"], trial["run"]["seed"]),
     )
     recorder = RecordRuns(plan)
+    ProgressWatch.stalled_after = None
     tuner = tune.Tuner(
         trainable,
         param_space={"run": tune.grid_search(
@@ -255,15 +259,17 @@ def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.args.max_concurrent),
         run_config=tune.RunConfig(
             name=time.strftime("evaluate-%Y%m%d-%H%M%S"), storage_path=str(plan.out / "ray"),
-            callbacks=[recorder], verbose=0,
+            callbacks=[recorder], verbose=0, stop=ProgressWatch(plan.args.stall_minutes),
             failure_config=tune.FailureConfig(max_failures=plan.args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    tuner.fit()
+    grid = tuner.fit()
     if recorder.failed:
         raise UcrnError(f"{len(recorder.failed)} run(s) did not finish "
                         f"({'; '.join(recorder.failed)}); rerun the same command to retry them")
+    check_ran_to_end(grid.num_terminated + grid.num_errors, len(pending),
+                     "rerun the same command to continue")
 
 
 # -------------------------------------------------------------------------------- tables

@@ -24,6 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
+from tuning.progress import ProgressWatch, check_ran_to_end
 from tuning.space import load_space, trial_overrides
 from tuning.tables import console as table_console
 from ucrn.cli import metrics_table
@@ -201,6 +202,7 @@ def run_search(plan: SearchPlan) -> dict[str, Any]:
     )
     searched = [key for key, entry in plan.space.items() if isinstance(entry, dict)]
     started = time.perf_counter()
+    ProgressWatch.stalled_after = None
     grid = _tuner(plan, resources, searched).fit()
     return _record_search(plan, grid, searched, time.perf_counter() - started)
 
@@ -234,7 +236,7 @@ def _tuner(plan: SearchPlan, resources, searched: list[str]):
             num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0,
+            name=name, storage_path=storage, verbose=0, stop=ProgressWatch(args.stall_minutes),
             callbacks=[LiveTrialTable(plan.metric, searched, args.epochs)],
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -248,10 +250,12 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
     from tuning.tables import rich_table, trial_rows
     from tuning.trials import trial_state
 
-    results = [(_trial_id(r), "error" if r.error else "done", r.config, r.metrics_dataframe)
-               for r in grid]
+    results = [(trial.trial_id, _status(trial, r), r.config, r.metrics_dataframe)
+               for trial, r in zip(grid._experiment_analysis.trials, grid, strict=True)]
     table = trial_rows(results, plan.metric, searched)
     _write_text(plan.experiment, "trials.csv", table.to_csv(index=False))
+    check_ran_to_end(grid.num_terminated + grid.num_errors, plan.args.num_samples,
+                     "continue with --resume")
     if not any(r.metrics and plan.metric in r.metrics for r in grid):
         raise UcrnError(f"no trial reported {plan.metric}; see the trial logs in "
                         f"{plan.experiment}")
@@ -282,6 +286,14 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
     stdout.print(f"wrote {plan.experiment}/trials.csv, best.json, best/ ({seconds:.0f} s of "
                  "search)")
     return record
+
+
+TRIAL_STATUS = {"TERMINATED": "done", "ERROR": "error", "PENDING": "not started"}
+
+
+def _status(trial, result) -> str:
+    """done (all epochs, or stopped early by ASHA), error, not started or interrupted."""
+    return "error" if result.error else TRIAL_STATUS.get(trial.status, "interrupted")
 
 
 def _trial_id(result) -> str:

@@ -65,7 +65,7 @@ def trial_rows(results: list[tuple[str, str, dict, pd.DataFrame | None]], metric
                         "best epoch": int(history.loc[best, "epoch"])})
         else:
             row.update({"epochs": 0, metric: float("nan"), "best epoch": 0})
-        row.update({key: config.get(key) for key in hyperparameters})
+        row.update({key: (config or {}).get(key) for key in hyperparameters})
         rows.append(row)
     frame = pd.DataFrame(rows)
     if not frame.empty:
@@ -131,6 +131,8 @@ class LiveTrialTable(Callback):
     def on_experiment_end(self, trials, **info):
         if self._live is not None:
             self._live.stop()
+            if not self._live.console.is_terminal:
+                self._live.console.line()  # its last frame ends without one
             self._live = None
 
 
