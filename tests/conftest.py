@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import small_arrays
 
 from ucrn.data.layout import write_dataset
 from ucrn.data.synthetic import synthesize
@@ -33,18 +33,6 @@ def tiny_mosi(tmp_path_factory) -> Path:
 def tiny_mosei(tmp_path_factory) -> Path:
     """Synthetic MOSEI (sentiment and six emotions) at 0.4 % size."""
     return synthesize("mosei", tmp_path_factory.mktemp("data") / "mosei.h5", scale=0.004, seed=1)
-
-
-def small_arrays(count: int = 6, steps: int = 4, dims=(3, 2, 2), seed: int = 0) -> dict:
-    """One split's arrays in our layout, small enough to write by hand."""
-    rng = np.random.default_rng(seed)
-    arrays = {
-        m: rng.normal(size=(count, steps, d)).astype(np.float32)
-        for m, d in zip("lav", dims, strict=True)
-    }
-    arrays["labels"] = rng.uniform(-3, 3, size=count).astype(np.float32)
-    arrays["ids"] = np.array([f"video{i}[1]" for i in range(count)], dtype=object)
-    return arrays
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ def test_train_refuses_to_overwrite_a_run(tmp_path, write_small, capsys):
 
 
 def test_without_modalities_a_language_only_file_trains_a_language_model(tmp_path, capsys):
-    from conftest import small_arrays
+    from helpers import small_arrays
 
     from ucrn.data.layout import write_dataset
 

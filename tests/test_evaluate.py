@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import small_arrays
+from helpers import fails_before_ray, small_arrays
 
 from ucrn.config import Config, apply_overrides
 from ucrn.data.layout import write_dataset
@@ -24,14 +24,9 @@ def _evaluate(*args: str) -> int:
 
 
 def _fails_before_ray(capsys, *args) -> str:
-    import ray
+    from tuning.evaluate import main
 
-    was_running = ray.is_initialized()
-    assert _evaluate(*args) == 2
-    assert ray.is_initialized() == was_running
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("evaluate: error: "), err
-    return err[0]
+    return fails_before_ray(capsys, main, "evaluate", *args)
 
 
 def test_zero_seeds_fail_before_ray(capsys, tiny_mosi, tmp_path):

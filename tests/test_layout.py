@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import small_arrays
+from helpers import small_arrays
 
 from ucrn.data.layout import describe, load_dataset, read_attrs, write_dataset
 from ucrn.errors import UcrnError

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+from helpers import fails_before_ray
 
 from ucrn.config import load_config
 
@@ -36,14 +37,9 @@ def _search(*args: str) -> int:
 
 
 def _fails_before_ray(capsys, *args) -> str:
-    import ray
+    from tuning.search import main
 
-    was_running = ray.is_initialized()
-    assert _search(*args) == 2
-    assert ray.is_initialized() == was_running  # no Ray was started for a bad input
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("search: error: "), err
-    return err[0]
+    return fails_before_ray(capsys, main, "search", *args)
 
 
 def test_a_missing_data_file_fails_before_ray(capsys, tmp_path):
@@ -271,6 +267,19 @@ def _completed_trials(experiment: Path) -> set[str]:
     return done
 
 
+def _terminated_in_snapshot(experiment: Path) -> set[str]:
+    """Trials the experiment's latest saved state records as finished."""
+    terminated = set()
+    for snapshot in experiment.glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(snapshot.read_text())["trial_data"]
+        except (json.JSONDecodeError, KeyError, OSError):
+            continue  # being rewritten
+        terminated |= {state["trial_id"] for state in (json.loads(t[0]) for t in trials)
+                       if state["status"] == "TERMINATED"}
+    return terminated
+
+
 @pytest.mark.slow
 def test_a_killed_search_resumes_and_keeps_every_completed_trial(ray_session, tiny_mosi,
                                                                  tmp_path):
@@ -287,8 +296,8 @@ def test_a_killed_search_resumes_and_keeps_every_completed_trial(ray_session, ti
         time.sleep(1)
     completed = _completed_trials(experiment)
     assert completed, "no trial completed in time"
-    time.sleep(3)  # let the experiment snapshot catch up with the completed trial
-    completed = _completed_trials(experiment)
+    while not completed <= _terminated_in_snapshot(experiment) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the experiment snapshot, which --resume reads, follows the trial
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
 

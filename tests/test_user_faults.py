@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import fails_before_ray, one_error_line
 
 from ucrn.cli import main
 
@@ -20,12 +21,7 @@ FAST = ["--set", "urm_layers=1", "--set", "crm_layers=1", "--set", "width=12"]
 
 
 def _one_line(capsys, program: str = "ucrn") -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"{program}: error: "), lines[0]
-    return lines[0]
+    return one_error_line(capsys, program)
 
 
 def _synth(path: Path, *extra: str) -> int:
@@ -188,14 +184,9 @@ def test_inspect_checks_a_file_as_training_reads_it(write_small, capsys):
 
 
 def _search_fails_before_ray(capsys, *args: str) -> str:
-    import ray
+    from tuning.search import main
 
-    from tuning.search import main as search
-
-    was_running = ray.is_initialized()
-    assert search(list(args)) == 2
-    assert ray.is_initialized() == was_running
-    return _one_line(capsys, "search")
+    return fails_before_ray(capsys, main, "search", *args)
 
 
 @pytest.mark.parametrize("name", ["../../..", "a/b", "..", "~root"])
