@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -115,11 +116,30 @@ def test_a_yaml_space_is_read(tmp_path):
     assert "dropout" not in space
 
 
+def test_the_paper_preset_is_the_published_setting():
+    from tuning.space import draw, load_space, trial_overrides
+    from ucrn.config import Config, apply_overrides
+
+    space = load_space("paper")
+    assert (space["urm_layers"], space["crm_layers"], space["heads"]) == (5, 5, 3)
+    assert space["learning_rate"] == {"choice": [1e-3, 2e-3]}
+    config = apply_overrides(Config(), trial_overrides(draw(space, random.Random(0)), Config()))
+    assert config.model.width == 30 and config.model.heads == 3  # 3 heads of 10
+    assert 0.5 <= config.train.lambda_m <= 2.0 and config.train.batch_size in (16, 32)
+    assert "urm_layers" not in load_space("paper", fixed=["urm_layers"])
+
+
 def test_an_existing_experiment_needs_resume(capsys, tiny_mosi, tmp_path):
     (tmp_path / "taken").mkdir()
     line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--storage", str(tmp_path),
                              "--name", "taken")
     assert "pass --resume" in line
+
+
+def test_a_study_storage_that_is_no_url_fails_before_ray(capsys, tiny_mosi, tmp_path):
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--storage", str(tmp_path),
+                             "--study-storage", "study.db")
+    assert "--study-storage 'study.db' is not a database URL" in line
 
 
 # --------------------------------------------------------------------------- searches
@@ -256,6 +276,22 @@ def test_a_search_writes_its_tables_and_a_usable_best_config(ray_session, tiny_m
         "config.json", "metrics.json", "model.pt"]
     out = capsys.readouterr().out
     assert "test (scored once)" in out
+    url = f"sqlite:///{experiment / 'study.db'}"
+    assert f"optuna-dashboard {url}" in out
+    assert (experiment / "history.png").exists()
+
+    import optuna
+
+    study = optuna.load_study(study_name="exp", storage=url)  # what optuna-dashboard opens
+    by_trial = {round(row.lambda_m, 9): row for row in trials.itertuples()}
+    assert len(study.trials) == len(trials)
+    for trial in study.trials:
+        row = by_trial[round(trial.params["lambda_m"], 9)]
+        assert len(trial.intermediate_values) == row.epochs  # one value per epoch
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == pytest.approx(row.valid_MAE)  # the trial's best epoch
+        else:
+            assert trial.state == optuna.trial.TrialState.PRUNED and row.epochs < 2
 
 
 def _completed_trials(experiment: Path) -> set[str]:

@@ -26,6 +26,13 @@ from rich.console import Console
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.progress import ProgressWatch, check_ran_to_end
 from tuning.space import load_space, trial_overrides
+from tuning.study import (
+    StudySearch,
+    check_study_url,
+    dashboard_command,
+    study_url,
+    what_mattered,
+)
 from tuning.tables import console as table_console
 from ucrn.cli import metrics_table
 from ucrn.config import Config, apply_overrides, config_from_options, parse_set_options
@@ -68,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fix a setting for every trial (it leaves the space), e.g. "
                       "--set task=binary")
     search = parser.add_argument_group("search")
-    search.add_argument("--space", help="JSON/YAML file laid over the default space")
+    search.add_argument("--space", help="JSON/YAML file laid over the default space, or a "
+                        "preset: default, paper (the published setting: 5 layers, 3 heads, "
+                        "λ around 1, learning rate 1e-3 or 2e-3)")
     search.add_argument("--num-samples", type=int, default=8, help="trials (default 8)")
     search.add_argument("--epochs", type=int, default=8, help="epochs per trial (default 8)")
     search.add_argument("--metric", default="valid_MAE",
@@ -80,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--grace-period", type=int, default=2,
                         help="epochs before ASHA may stop a trial (default 2)")
     search.add_argument("--seed", type=int, default=0, help="Optuna's seed and the trials'")
+    search.add_argument("--study-storage", metavar="URL",
+                        help="the Optuna study's database (default: sqlite:///EXPERIMENT/"
+                        "study.db; e.g. postgresql://user@HEAD/ucrn on a cluster)")
     cluster = add_cluster_arguments(parser)
     cluster.add_argument("--storage", default="ray_results",
                          help="experiment storage: a folder or a URI such as s3://bucket/x")
@@ -121,6 +133,8 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
             raise UcrnError(f"--{name.replace('_', '-')} must be at least 1")
     check_cluster_arguments(args)
     experiment = _experiment_path(args)
+    if args.study_storage:
+        check_study_url(args.study_storage)
     if args.grace_period > args.epochs:
         raise UcrnError(f"--grace-period {args.grace_period} exceeds --epochs {args.epochs}")
     base, modalities_chosen = config_from_options(
@@ -212,7 +226,6 @@ def _tuner(plan: SearchPlan, resources, searched: list[str]):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from tuning.space import to_tune
     from tuning.tables import LiveTrialTable
@@ -226,11 +239,16 @@ def _tuner(plan: SearchPlan, resources, searched: list[str]):
         return tune.Tuner.restore(plan.experiment, trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
     storage, name = plan.experiment.rsplit("/", 1)
+    url = study_url(plan.experiment, args.study_storage)
+    if url is not None and url.startswith("sqlite:///") and not args.study_storage:
+        Path(plan.experiment).mkdir(parents=True, exist_ok=True)  # study.db goes in it
+    searcher = StudySearch(url=url, study_name=name, epochs=args.epochs, seed=args.seed,
+                           concurrent=args.max_concurrent)
     return tune.Tuner(
         trainable,
         param_space=to_tune(plan.space),
         tune_config=tune.TuneConfig(
-            metric=plan.metric, mode=plan.mode, search_alg=OptunaSearch(seed=args.seed),
+            metric=plan.metric, mode=plan.mode, search_alg=searcher,
             scheduler=ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
                                     reduction_factor=2),
             num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
@@ -285,7 +303,27 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
     ))
     stdout.print(f"wrote {plan.experiment}/trials.csv, best.json, best/ ({seconds:.0f} s of "
                  "search)")
+    _show_what_mattered(plan, stdout)
     return record
+
+
+def _show_what_mattered(plan: SearchPlan, stdout) -> None:
+    """Parameter importances and the history, from the stored study; how to open it."""
+    from tuning.tables import rich_table
+
+    url = study_url(plan.experiment, plan.args.study_storage)
+    if url is None:
+        return
+    if not _is_uri(plan.experiment):
+        name = plan.experiment.rsplit("/", 1)[-1]
+        importances = what_mattered(url, name, Path(plan.experiment))
+        if importances.empty:
+            stdout.print("parameter importances need two finished trials; see history.png")
+        else:
+            stdout.print(rich_table(importances, title="what mattered (Optuna's fANOVA "
+                                    "importances)"))
+            stdout.print(f"wrote {plan.experiment}/importance.png, history.png")
+    stdout.print(f"the study, live or later: {dashboard_command(url)}")
 
 
 TRIAL_STATUS = {"TERMINATED": "done", "ERROR": "error", "PENDING": "not started"}

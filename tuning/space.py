@@ -31,6 +31,20 @@ DEFAULT_SPACE: dict[str, Any] = {
     "dropout":       {"uniform": [0.0, 0.3]},
 }
 
+# The published setting (paper §3.5 and §4.2): URM and CRM of 5 layers and 3 heads, λm and
+# λc "set to 1" (searched around it here), learning rate 1e-3 (MOSI) or 2e-3 (MOSEI) with
+# batch 16 or 32; the rest stays at the config's defaults (width 30, so 3 heads of 10).
+PAPER_SPACE: dict[str, Any] = {
+    "lambda_m":      {"loguniform": [0.5, 2.0]},
+    "lambda_c":      {"loguniform": [0.5, 2.0]},
+    "urm_layers":    5,
+    "crm_layers":    5,
+    "heads":         3,
+    "learning_rate": {"choice": [1e-3, 2e-3]},
+    "batch_size":    {"choice": [16, 32]},
+}
+PRESETS = {"default": DEFAULT_SPACE, "paper": PAPER_SPACE}  # --space NAME
+
 KINDS = ("uniform", "loguniform", "int", "choice")
 DERIVED = {"width": "head_width"}  # searched through another key
 # Settings the search itself owns; a space that sets them would fight the command line.
@@ -40,7 +54,8 @@ RESERVED = ("epochs", "seed", "select_metric", "modalities", "input_dims", "task
 def load_space(
     path: str | Path | None, base: Config | None = None, fixed: Iterable[str] = ()
 ) -> dict[str, Any]:
-    """The default space, with the entries of a JSON or YAML file laid over it.
+    """The default space, with the entries of a JSON or YAML file laid over it; or a preset
+    by name (``default``, ``paper``).
 
     In the file, a plain value fixes a setting and ``null`` takes it out of the search.
     Settings named in ``fixed`` (the command line's ``--set``) leave the space; every value
@@ -48,7 +63,8 @@ def load_space(
     """
     space = dict(DEFAULT_SPACE)
     fixed = {key.split(".", 1)[-1] for key in fixed}
-    if path is None:
+    if path is None or str(path) in PRESETS:
+        space = dict(PRESETS[str(path or "default")])
         return check_space(_without(space, fixed), base)
     path = Path(path)
     if not path.is_file():

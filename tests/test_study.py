@@ -1,0 +1,161 @@
+"""The search's Optuna study in a database: each epoch an intermediate value, a trial's
+value its best epoch, trials stopped early pruned, failed ones failed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray import tune
+
+from tuning.study import StudySearch, check_study_url, study_url, what_mattered
+from ucrn.errors import UcrnError
+
+
+def _report(search: StudySearch, trial: str, values: list[float]) -> dict:
+    result = {}
+    for epoch, value in enumerate(values, start=1):
+        result = {"valid_MAE": value, "training_iteration": epoch, "epoch": epoch}
+        search.on_trial_result(trial, result)
+    return result
+
+
+def test_the_study_records_epochs_best_values_pruned_and_failed_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    search = StudySearch(url=url, study_name="exp", epochs=3, seed=0, concurrent=2,
+                         space={"x": tune.uniform(0.0, 1.0)}, metric="valid_MAE", mode="min")
+    for trial in ("full", "stopped", "failed"):
+        assert 0.0 <= search.suggest(trial)["x"] <= 1.0
+    search.on_trial_complete("full", _report(search, "full", [1.2, 0.9, 1.0]))
+    search.on_trial_complete("stopped", _report(search, "stopped", [1.5]))
+    _report(search, "failed", [1.1])
+    search.on_trial_complete("failed", None, error=True)
+
+    study = optuna.load_study(study_name="exp", storage=url)
+    full, stopped, failed = study.get_trials(deepcopy=False)
+    assert full.state == TrialState.COMPLETE
+    assert full.value == pytest.approx(0.9)  # its best epoch, as its checkpoint is chosen
+    assert full.intermediate_values == {1: 1.2, 2: 0.9, 3: 1.0}
+    assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {1: 1.5}
+    assert failed.state == TrialState.FAIL
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+
+
+def test_a_maximised_metric_keeps_its_highest_epoch(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    search = StudySearch(url=url, study_name="exp", epochs=2, seed=0, concurrent=1,
+                         space={"x": tune.uniform(0.0, 1.0)}, metric="valid_Non0_acc_2",
+                         mode="max")
+    search.suggest("a")
+    for epoch, value in ((1, 0.71), (2, 0.69)):
+        result = {"valid_Non0_acc_2": value, "training_iteration": epoch, "epoch": epoch}
+        search.on_trial_result("a", result)
+    search.on_trial_complete("a", result)
+    assert optuna.load_study(study_name="exp", storage=url).best_value == pytest.approx(0.71)
+
+
+def test_where_the_study_lives(tmp_path):
+    assert study_url(str(tmp_path / "exp"), None) == f"sqlite:///{tmp_path / 'exp' / 'study.db'}"
+    assert study_url("s3://bucket/exp", None) is None  # in memory: no file system there
+    assert study_url(str(tmp_path), "postgresql://u@127.0.0.1/db") == "postgresql://u@127.0.0.1/db"
+
+
+def test_a_study_storage_that_is_no_url_is_refused():
+    with pytest.raises(UcrnError, match="not a database URL"):
+        check_study_url("study.db")
+
+
+# ------------------------------------------------------------------------ PostgreSQL
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    if found:
+        return found[-1].parent
+    on_path = shutil.which("postgres")
+    return Path(on_path).parent if on_path else None
+
+
+@pytest.fixture
+def postgres():
+    """A throw-away PostgreSQL server on 127.0.0.1 (its data in a temporary folder), stopped
+    by its PID. CI installs the server and sets UCRN_REQUIRE_POSTGRES=1, so that there this
+    test cannot be skipped."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        if os.environ.get("UCRN_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL's server is not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL's server is not installed; CI installs it")
+    # The server refuses to run as root; there it runs as the postgres user.
+    user = "postgres" if os.geteuid() == 0 else None
+    home = Path(tempfile.mkdtemp(prefix="ucrn-pg-"))
+    if user:
+        shutil.chown(home, user)
+    data, port = home / "data", _free_port()
+    subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "ucrn"],
+                   user=user, check=True, capture_output=True, timeout=120)
+    server = subprocess.Popen(
+        [str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
+         "-k", str(home)], user=user, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            assert server.poll() is None and time.monotonic() < deadline, "postgres did not start"
+            time.sleep(0.2)
+        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                        "ucrn", "study"], check=True, capture_output=True, timeout=60)
+        yield f"postgresql://ucrn@127.0.0.1:{port}/study"
+    finally:
+        server.send_signal(signal.SIGINT)  # "fast" shutdown (clients may still be connected)
+        try:
+            server.wait(timeout=60)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_study_lives_in_postgresql(postgres):
+    search = StudySearch(url=postgres, study_name="exp", epochs=2, seed=0, concurrent=1,
+                         space={"x": tune.uniform(0.0, 1.0)}, metric="valid_MAE", mode="min")
+    search.suggest("a")
+    search.on_trial_complete("a", _report(search, "a", [1.3, 1.1]))
+    search.suggest("b")
+    search.on_trial_complete("b", _report(search, "b", [1.4]))
+    study = optuna.load_study(study_name="exp", storage=postgres)
+    states = [trial.state for trial in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert study.best_value == pytest.approx(1.1)
+    assert study.trials[0].intermediate_values == {1: 1.3, 2: 1.1}
+
+
+def test_what_mattered_draws_the_history_and_ranks_the_parameters(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = {"x": tune.uniform(0.0, 1.0), "y": tune.uniform(0.0, 1.0)}
+    search = StudySearch(url=url, study_name="exp", epochs=1, seed=0, concurrent=1,
+                         space=space, metric="valid_MAE", mode="min")
+    assert what_mattered(url, "exp", tmp_path).empty  # nothing finished yet
+    for index in range(6):
+        config = search.suggest(f"t{index}")
+        search.on_trial_complete(f"t{index}", _report(search, f"t{index}",
+                                                      [1.0 + config["x"] + 0.01 * config["y"]]))
+    importances = what_mattered(url, "exp", tmp_path)
+    assert set(importances["parameter"]) == {"x", "y"}
+    assert importances["importance"].sum() == pytest.approx(1.0)
+    assert importances.iloc[0]["parameter"] == "x"  # it drives the score
+    for name in ("history.png", "importance.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
