@@ -345,6 +345,13 @@ def test_a_killed_search_resumes_and_keeps_every_completed_trial(ray_session, ti
     assert {t[:8] for t in completed} <= set(trials["trial"])
     assert set(trials["status"]) == {"done"}
 
+    import optuna
+
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{experiment}/study.db")
+    ended = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,
+                                     optuna.trial.TrialState.PRUNED))
+    assert len(ended) == 4  # --resume went on with the same study
+
 
 @pytest.mark.slow
 def test_a_worker_that_fails_once_is_retried_from_its_checkpoint(tiny_mosi, tmp_path):

@@ -36,7 +36,10 @@ def test_the_study_records_epochs_best_values_pruned_and_failed_trials(tmp_path)
     for trial in ("full", "stopped", "failed"):
         assert 0.0 <= search.suggest(trial)["x"] <= 1.0
     search.on_trial_complete("full", _report(search, "full", [1.2, 0.9, 1.0]))
-    search.on_trial_complete("stopped", _report(search, "stopped", [1.5]))
+    _report(search, "stopped", [1.5])
+    # Tune hands the result on which ASHA stops a trial to on_trial_complete only.
+    search.on_trial_complete("stopped", {"valid_MAE": 1.4, "training_iteration": 2,
+                                         "epoch": 2})
     _report(search, "failed", [1.1])
     search.on_trial_complete("failed", None, error=True)
 
@@ -45,7 +48,8 @@ def test_the_study_records_epochs_best_values_pruned_and_failed_trials(tmp_path)
     assert full.state == TrialState.COMPLETE
     assert full.value == pytest.approx(0.9)  # its best epoch, as its checkpoint is chosen
     assert full.intermediate_values == {1: 1.2, 2: 0.9, 3: 1.0}
-    assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {1: 1.5}
+    assert stopped.state == TrialState.PRUNED
+    assert stopped.intermediate_values == {1: 1.5, 2: 1.4}
     assert failed.state == TrialState.FAIL
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from ucrn.errors import UcrnError
@@ -67,17 +68,21 @@ class StudySearch(OptunaSearch):
         super().__init__(storage=storage, study_name=study_name, sampler=sampler, **kwargs)
         self._epochs = epochs
         self._best: dict[str, float] = {}
+        self._last_step: dict[str, int] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         value = result.get(self.metric)
         if is_better(self.metric, value, self._best.get(trial_id)):
             self._best[trial_id] = value
+        self._last_step[trial_id] = result.get(TRAINING_ITERATION, 0)
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         if trial_id in self._completed_trials or not result or error:
             return super().on_trial_complete(trial_id, result, error)
+        if result.get(TRAINING_ITERATION, 0) > self._last_step.get(trial_id, 0):
+            self.on_trial_result(trial_id, result)  # a trial stopped by ASHA: its last epoch
         if result.get("epoch", self._epochs) < self._epochs:  # stopped by the scheduler
             from optuna.trial import TrialState
 
