@@ -162,3 +162,43 @@ def test_without_modalities_a_language_only_file_trains_a_language_model(tmp_pat
     assert main(["train", "--data", str(data), "--modalities", "l,a", "--out",
                  str(tmp_path / "run2")]) == 2
     assert "modality a is not in this file" in _error_line(capsys)
+
+
+def test_an_interrupted_train_resumes_to_the_same_result(tiny_mosi, tmp_path, monkeypatch,
+                                                          capsys):
+    import ucrn.engine
+
+    arguments = ["train", "--data", str(tiny_mosi), "--epochs", "4", "--seed", "3", *FAST]
+    assert main([*arguments, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert not (tmp_path / "whole" / "checkpoint.pt").exists()  # gone once the run ended
+
+    real_fit = ucrn.engine.fit
+
+    def fit_interrupted_after_epoch_2(*args, on_epoch, **kwargs):
+        def hook(result, checkpoint):
+            on_epoch(result, checkpoint)
+            if result.epoch == 2:
+                raise KeyboardInterrupt  # Ctrl-C
+        return real_fit(*args, on_epoch=hook, **kwargs)
+
+    monkeypatch.setattr(ucrn.engine, "fit", fit_interrupted_after_epoch_2)
+    run = tmp_path / "run"
+    assert main([*arguments, "--out", str(run)]) == 130
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
+    monkeypatch.setattr(ucrn.engine, "fit", real_fit)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--seed", "3"]) == 2
+    assert "drop --seed" in _error_line(capsys)
+
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert resumed["epochs"] == 4 and resumed["best_epoch"] == whole["best_epoch"]
+    assert resumed["test"] == pytest.approx(whole["test"])  # as if never interrupted
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "model.pt"]
+
+
+def test_resume_without_a_resume_point_says_so(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["train", "--resume", "--out", str(tmp_path / "run")]) == 2
+    assert "checkpoint.pt does not exist" in _error_line(capsys)

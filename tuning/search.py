@@ -318,7 +318,8 @@ def _show_what_mattered(plan: SearchPlan, stdout) -> None:
         name = plan.experiment.rsplit("/", 1)[-1]
         importances = what_mattered(url, name, Path(plan.experiment))
         if importances.empty:
-            stdout.print("parameter importances need two finished trials; see history.png")
+            stdout.print("parameter importances need two trials that ran all their epochs "
+                         "(ASHA stopped the rest early); see history.png")
         else:
             stdout.print(rich_table(importances, title="what mattered (Optuna's fANOVA "
                                     "importances)"))

@@ -186,33 +186,79 @@ def _data_path(args: argparse.Namespace) -> Path:
         return data_or_default(None)
 
 
-def command_train(args: argparse.Namespace) -> None:
-    from ucrn.engine import fit, load_training_data, resolve_device, save_run, select_metric
+RESUME_FILE = "checkpoint.pt"  # the last epoch's state, while ``ucrn train`` runs
+
+
+def _new_training(args: argparse.Namespace, out_dir: Path):
+    """(config, dataset, data path, None) for a new run into ``out_dir``."""
+    from ucrn.engine import load_training_data, resolve_device
 
     config, modalities_chosen = config_from_options(
         args.config, args.set, modalities=args.modalities, epochs=args.epochs, seed=args.seed)
-    out_dir = Path(args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"))
     if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
-        raise UcrnError(f"--out {out_dir} is not empty; choose another directory or --overwrite")
+        raise UcrnError(f"--out {out_dir} is not empty; choose another directory, --overwrite, "
+                        "or --resume an interrupted run")
     resolve_device(args.device)
     check_directory(out_dir, "--out", create=False)  # before any work: no result is lost
     data_path = _data_path(args)
     config, dataset = load_training_data(config, data_path, modalities_chosen)
+    return config, dataset, data_path, None
+
+
+def _resumed_training(args: argparse.Namespace, out_dir: Path):
+    """(config, dataset, data path, state) of the interrupted run in ``out_dir``."""
+    import torch
+
+    from ucrn.config import apply_overrides
+    from ucrn.engine import load_training_data, resolve_device
+    from ucrn.state import TrainingState
+
+    given = [f"--{name}" for name in ("data", "modalities", "seed", "set", "config")
+             if getattr(args, name)]
+    if given:
+        raise UcrnError(f"--resume continues the run as it was started; drop {', '.join(given)}"
+                        " (only --epochs and --device may change)")
+    path = out_dir / RESUME_FILE
+    if not path.is_file():
+        raise UcrnError(f"--resume: {path} does not exist (ucrn train writes it after every "
+                        "epoch and removes it when the run ends)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        state, data_path = TrainingState.from_dict(saved["state"]), Path(saved["data"])
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same answer
+        raise UcrnError(f"--resume: {path} cannot be read ({error})") from None
+    resolve_device(args.device)
+    config = state.config
+    if args.epochs is not None:
+        config = apply_overrides(config, {"epochs": args.epochs})
+    config, dataset = load_training_data(config, data_path, True)
+    return config, dataset, data_path, state
+
+
+def command_train(args: argparse.Namespace) -> None:
+    from ucrn.engine import fit, save_run, select_metric
+
+    if args.resume and not args.out:
+        raise UcrnError("--resume needs --out: the run directory to continue")
+    out_dir = Path(args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"))
+    start = _resumed_training if args.resume else _new_training
+    config, dataset, data_path, state = start(args, out_dir)
     metric = select_metric(config)
     console.print(
-        f"training UCRN on {data_path} · modalities "
+        f"{'resuming' if state else 'training'} UCRN on {data_path} · modalities "
         f"{'+'.join(MODALITY_NAMES[m] for m in config.model.modalities)} · task "
         f"{config.model.task} · selecting on valid {metric}"
     )
-
     progress = Progress(
         TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"), console=console,
     )
     with progress:
-        bar = progress.add_task("train", total=config.train.epochs, status="")
+        bar = progress.add_task("train", total=config.train.epochs,
+                                completed=state.epoch if state else 0, status="")
 
-        def on_epoch(result, _checkpoint) -> None:
+        def on_epoch(result, checkpoint) -> None:
+            _save_resume_point(out_dir, checkpoint(), data_path)
             star = " *" if result.improved else ""
             progress.update(
                 bar, completed=result.epoch,
@@ -220,14 +266,25 @@ def command_train(args: argparse.Namespace) -> None:
                 f"{result.valid[metric]:.4f}{star} · best epoch {result.best_epoch}",
             )
 
-        result = fit(config, dataset, on_epoch=on_epoch, device=args.device)
+        result = fit(config, dataset, on_epoch=on_epoch, device=args.device, resume=state)
     save_run(out_dir, result, extra={"data": str(data_path)})
+    (out_dir / RESUME_FILE).unlink(missing_ok=True)
     stdout.print(metrics_table(
         f"UCRN · best epoch {result.best_epoch} of {result.epochs_run} · "
         f"{result.params:,} parameters",
         {"valid": result.valid, "test": result.test or {}},
     ))
     stdout.print(f"wrote {out_dir}/metrics.json, config.json, model.pt ({result.seconds:.1f} s)")
+
+
+def _save_resume_point(out_dir: Path, state, data_path: Path) -> None:
+    import torch
+
+    from ucrn.files import atomic_write
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / RESUME_FILE, lambda path: torch.save(
+        {"state": state.to_dict(), "data": str(data_path)}, path))
 
 
 # -------------------------------------------------------------------------------- evaluate
@@ -333,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a config JSON (config.json of a run, best.json of a search)")
     train.add_argument("--out", help="run directory (default: runs/train-<time>)")
     train.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out from its last epoch")
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: a GPU when there is one)")
     train.set_defaults(run=command_train)
 
@@ -355,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return exit_status(lambda: args.run(args), "ucrn", "nothing was written")
+    return exit_status(lambda: args.run(args), "ucrn",
+                       "nothing was finished (ucrn train --resume --out DIR continues a run)")
 
 
 if __name__ == "__main__":
