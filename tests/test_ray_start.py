@@ -35,3 +35,45 @@ def test_a_local_start_ignores_the_last_cluster_this_machine_started():
         assert started_here == "True"
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+RACING_START = """
+import socket
+import ray
+import tuning.ray_start as ray_start
+
+held = socket.socket()
+held.bind(("127.0.0.1", 0))
+held.listen()
+taken = held.getsockname()[1]
+probe = ray_start._free_port
+probes = []
+
+def losing_the_race(preferred, attempts=50):
+    # The first probe finds the port free; another command binds it before Ray does.
+    probes.append(preferred)
+    return taken if len(probes) == 1 else probe(preferred)
+
+ray_start._free_port = losing_the_race
+session = ray_start.start_ray(num_cpus=1, object_store_bytes=100 * 2**20)
+print(taken, session.dashboard_url.rsplit(":", 1)[-1], probes[-1])
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_dashboard_port_taken_meanwhile_moves_to_the_next():
+    started = subprocess.run([sys.executable, "-c", RACING_START], cwd=ROOT,
+                             capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr[-2000:]
+    taken, used, second_probe = map(int, started.stdout.split())
+    assert used != taken and second_probe == taken + 1
+
+
+def test_a_second_local_ray_is_pointed_out():
+    from tuning.ray_start import RaySession, sharing_note
+
+    alone = RaySession("127.0.0.1:1", "", True, 2.0, 0.0)
+    assert sharing_note(alone) is None
+    shared = RaySession("127.0.0.1:1", "", True, 2.0, 0.0, other_local_rays=["127.0.0.1:2"])
+    assert "another Ray runs on this machine (127.0.0.1:2)" in sharing_note(shared)

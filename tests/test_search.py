@@ -165,10 +165,11 @@ def _listening_addresses(root: psutil.Process) -> set[str]:
             if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
-def _search_watching_sockets(tiny_mosi, tmp_path, workers: int, environment=None) -> set[str]:
+def _search_watching_sockets(tiny_mosi, tmp_path, workers: int,
+                             environment=None) -> tuple[set[str], str]:
     """Run a search of two trials in a subprocess; the addresses its process tree listened
-    on while it ran (polled every 0.2 s). The search must succeed and leave no rendezvous
-    file behind."""
+    on while it ran (polled every 0.2 s), and its stderr. The search must succeed and leave
+    no rendezvous file behind."""
     stores = Path(tempfile.gettempdir()).glob
     stores_before = set(stores("ucrn-rendezvous-*"))
     driver = subprocess.Popen(
@@ -187,13 +188,13 @@ def _search_watching_sockets(tiny_mosi, tmp_path, workers: int, environment=None
     _, err = driver.communicate()
     assert driver.returncode == 0, err[-2000:]
     assert set(stores("ucrn-rendezvous-*")) == stores_before
-    return seen
+    return seen, err
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_nothing_a_search_starts_listens_beyond_loopback(tiny_mosi, tmp_path, workers):
-    seen = _search_watching_sockets(tiny_mosi, tmp_path, workers)
+    seen, _ = _search_watching_sockets(tiny_mosi, tmp_path, workers)
     assert seen, "found no listening socket at all"
     assert seen <= LOOPBACK, f"listening beyond loopback: {seen - LOOPBACK}"
 
@@ -236,13 +237,16 @@ def neighbour(request):
 
 
 @pytest.mark.slow
-def test_data_parallel_trials_follow_each_other_beside(neighbour, tiny_mosi, tmp_path):
+def test_data_parallel_trials_follow_each_other_beside(neighbour, tiny_mosi, tmp_path,
+                                                        request):
     # Ray Train's placement-group cleaner asks the state API about the trial's controller.
     # Looked up on the machine, the API was the wrong one (or none): the cleaner gave up and
     # the first trial's workers kept their CPUs, so the second trial waited for ever.
-    _search_watching_sockets(tiny_mosi, tmp_path, workers=2, environment=neighbour)
+    _, err = _search_watching_sockets(tiny_mosi, tmp_path, workers=2, environment=neighbour)
     trials = pd.read_csv(tmp_path / "exp" / "trials.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"done"}
+    if request.node.callspec.params["neighbour"] != "a stale note":  # another Ray runs
+        assert "note: another Ray runs on this machine" in err
 
 
 def test_the_dashboard_refuses_a_client_without_the_token(ray_session):

@@ -232,7 +232,7 @@ class RecordRuns(Callback):
 
 def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
     """Train the pending runs as one Tune experiment; record each as soon as it ends."""
-    from tuning.ray_start import start_ray
+    from tuning.ray_start import sharing_note, start_ray
 
     session = start_ray(plan.args.address)
     import ray
@@ -244,6 +244,8 @@ def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
     console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard "
                   f"{session.dashboard_url or '—'} · {len(pending)} runs, "
                   f"{plan.args.max_concurrent} at once")
+    if note := sharing_note(session):
+        console.print(note)
     base = plan.base
     trainable = make_trainable(
         base, ray.put(plan.dataset), resources, str(plan.out / "ray" / "train"),

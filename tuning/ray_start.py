@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ucrn.errors import UcrnError
 
 LOCALHOST = "127.0.0.1"
 DASHBOARD_PORT = 8265  # or the next free port, when another Ray holds it
+DASHBOARD_ATTEMPTS = 5
 # Set before Ray starts; the Train ones are passed on to the controller and the workers.
 RAY_ENVIRONMENT = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
@@ -39,6 +40,9 @@ class RaySession:
     started_here: bool  # True: a local Ray this process started (and stops)
     cpus: float
     gpus: float
+    # GCS addresses of other Ray instances on this machine when a local Ray was started:
+    # each claims all the CPUs.
+    other_local_rays: list[str] = field(default_factory=list)
 
 
 def prepare_environment() -> None:
@@ -122,7 +126,9 @@ def start_ray(
     """
     prepare_environment()
     import ray
+    from ray._private.services import find_gcs_addresses
 
+    others: list[str] = []
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
@@ -131,17 +137,8 @@ def start_ray(
                 _keep_on_localhost()  # or Ray dials the machine's address instead
             ray.init(address=address, log_to_driver=False)
         else:
-            _keep_on_localhost()
-            dashboard_port = _free_port(DASHBOARD_PORT)
-            # "local": without it, Ray dials the last `ray start` cluster of this machine
-            # (/tmp/ray/ray_current_cluster), even one that has since stopped.
-            with _state_api_named(dashboard_port):
-                ray.init(
-                    address="local", _node_ip_address=LOCALHOST, dashboard_host=LOCALHOST,
-                    dashboard_port=dashboard_port, include_dashboard=True,
-                    num_cpus=num_cpus,
-                    object_store_memory=object_store_bytes, log_to_driver=False,
-                )
+            others = sorted(find_gcs_addresses())
+            _start_local_ray(num_cpus, object_store_bytes)
     context = ray.get_runtime_context()
     resources = ray.cluster_resources()
     dashboard = ray._private.worker.get_dashboard_url()
@@ -151,4 +148,46 @@ def start_ray(
         started_here=not (address or os.environ.get("RAY_ADDRESS")),
         cpus=float(resources.get("CPU", 0.0)),
         gpus=float(resources.get("GPU", 0.0)),
+        other_local_rays=others,
     )
+
+
+def _start_local_ray(num_cpus: int | None, object_store_bytes: int | None) -> None:
+    """A new Ray on 127.0.0.1 with its dashboard on the first free port from 8265.
+
+    Another command starting at the same moment can take the port between the probe and
+    Ray's bind; then the next free port is tried.
+    """
+    import ray
+
+    _keep_on_localhost()
+    preferred = DASHBOARD_PORT
+    for attempt in range(DASHBOARD_ATTEMPTS):
+        dashboard_port = _free_port(preferred)
+        try:
+            # "local": without it, Ray dials the last `ray start` cluster of this machine
+            # (/tmp/ray/ray_current_cluster), even one that has since stopped.
+            with _state_api_named(dashboard_port):
+                ray.init(
+                    address="local", _node_ip_address=LOCALHOST, dashboard_host=LOCALHOST,
+                    dashboard_port=dashboard_port, include_dashboard=True,
+                    num_cpus=num_cpus,
+                    object_store_memory=object_store_bytes, log_to_driver=False,
+                )
+            return
+        except Exception as error:  # noqa: BLE001 - Ray says "occupied" in more than one way
+            taken = str(dashboard_port) in str(error) or "dashboard" in str(error).lower()
+            if not taken or attempt == DASHBOARD_ATTEMPTS - 1:
+                raise
+            ray.shutdown()
+            preferred = dashboard_port + 1
+
+
+def sharing_note(session: RaySession) -> str | None:
+    """A line for the user when the local Ray just started shares the machine with others."""
+    if not session.other_local_rays:
+        return None
+    others = ", ".join(session.other_local_rays)
+    return (f"note: another Ray runs on this machine ({others}); each counts all "
+            f"{session.cpus:g} CPUs as its own, so both run slower than planned (give fewer "
+            "--max-concurrent, or join it with --address)")

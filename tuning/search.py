@@ -200,13 +200,15 @@ def _save_best_run(experiment: str, result: FitResult) -> None:
 
 def run_search(plan: SearchPlan) -> dict[str, Any]:
     """Start or join Ray, run the search, score the best checkpoint on test once."""
-    from tuning.ray_start import start_ray
+    from tuning.ray_start import sharing_note, start_ray
     from tuning.trials import resources_for
 
     args = plan.args
     session = start_ray(args.address)
     where = session.dashboard_url or "(no dashboard URL)"
     console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard {where}")
+    if note := sharing_note(session):
+        console.print(note)
     resources = resources_for(args, session)
     console.print(
         f"{'resuming' if args.resume else 'search'} {plan.experiment}: {args.num_samples} "
