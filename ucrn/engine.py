@@ -242,7 +242,7 @@ class _Training:
         if resume is not None:
             self.model.load_state_dict(resume.weights)
             self.optimizer.load_state_dict(resume.optimizer)
-            self.batch_order.set_state(resume.shuffle)
+            self.batch_order.set_state(resume.batch_order)
             torch.set_rng_state(resume.torch_rng)
             self.state = dataclasses.replace(resume, config=config)  # e.g. more epochs
 
@@ -250,7 +250,7 @@ class _Training:
         """A snapshot that ``fit(resume=…)`` continues from exactly."""
         return copy.deepcopy(dataclasses.replace(
             self.state, weights=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-            shuffle=self.batch_order.get_state(), torch_rng=torch.get_rng_state(),
+            batch_order=self.batch_order.get_state(), torch_rng=torch.get_rng_state(),
         ))
 
     def run_epoch(self, epoch: int, rank: int, world_size: int) -> EpochResult:

@@ -68,7 +68,7 @@ class TrainingState:
     history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: losses, valid_*
     weights: dict[str, torch.Tensor] | None = None  # the current weights, to resume
     optimizer: dict[str, Any] | None = None
-    shuffle: torch.Tensor | None = None  # the batch-order generator's state
+    batch_order: torch.Tensor | None = None  # the batch-order generator's state
     torch_rng: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,7 +76,7 @@ class TrainingState:
             "config": self.config.to_dict(), "epoch": self.epoch, "best_epoch": self.best_epoch,
             "best_score": self.best_score, "best_weights": self.best_weights,
             "history": self.history, "weights": self.weights, "optimizer": self.optimizer,
-            "shuffle": self.shuffle, "torch_rng": self.torch_rng,
+            "batch_order": self.batch_order, "torch_rng": self.torch_rng,
         }
 
     @classmethod
