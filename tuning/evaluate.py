@@ -26,11 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import ray
+from ray import tune
 from ray.tune import Callback
 from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
+from tuning.figures import robustness_bars, seed_strip_plot
 from tuning.progress import ProgressWatch, check_ran_to_end
+from tuning.ray_start import sharing_note, start_ray
 from tuning.tables import (
     condition_table,
     markdown,
@@ -40,6 +44,7 @@ from tuning.tables import (
     summary_table,
 )
 from tuning.tables import console as table_console
+from tuning.trials import make_trainable, resources_for, trial_state
 from ucrn.config import ABLATIONS, Config, apply_overrides, config_from_options
 from ucrn.data.layout import Dataset
 from ucrn.data.synthetic import data_or_default
@@ -213,8 +218,6 @@ class RecordRuns(Callback):
         return {"plan": None, "failed": self.failed}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from tuning.trials import trial_state
-
         variant, seed = trial.config["run"]["variant"], trial.config["run"]["seed"]
         if not trial.last_result.get("done"):
             return  # stopped before its last epoch (the run stalled, or Ctrl-C): still pending
@@ -232,14 +235,7 @@ class RecordRuns(Callback):
 
 def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
     """Train the pending runs as one Tune experiment; record each as soon as it ends."""
-    from tuning.ray_start import sharing_note, start_ray
-
     session = start_ray(plan.args.address)
-    import ray
-    from ray import tune
-
-    from tuning.trials import make_trainable, resources_for
-
     resources = resources_for(plan.args, session)
     console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard "
                   f"{session.dashboard_url or '—'} · {len(pending)} runs, "
@@ -377,7 +373,6 @@ def write_report(plan: EvaluationPlan, tables: dict[str, pd.DataFrame], seconds:
                  runs_made: int) -> Path:
     """CSV files, figures and REPORT.md in ``plan.out``; ``seconds`` is this invocation's
     wall time, in which it made ``runs_made`` of the runs."""
-    from tuning.figures import robustness_bars, seed_strip_plot
 
     out = plan.out
     for name, frame in tables.items():

@@ -21,11 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.progress import ProgressWatch, check_ran_to_end
-from tuning.space import load_space, trial_overrides
+from tuning.ray_start import sharing_note, start_ray
+from tuning.space import load_space, to_tune, trial_overrides
 from tuning.study import (
     StudySearch,
     check_study_url,
@@ -33,7 +37,9 @@ from tuning.study import (
     study_url,
     what_mattered,
 )
+from tuning.tables import LiveTrialTable, rich_table, trial_rows
 from tuning.tables import console as table_console
+from tuning.trials import make_trainable, resources_for, trial_state
 from ucrn.cli import metrics_table
 from ucrn.config import Config, apply_overrides, config_from_options, parse_set_options
 from ucrn.data.layout import Dataset
@@ -200,9 +206,6 @@ def _save_best_run(experiment: str, result: FitResult) -> None:
 
 def run_search(plan: SearchPlan) -> dict[str, Any]:
     """Start or join Ray, run the search, score the best checkpoint on test once."""
-    from tuning.ray_start import sharing_note, start_ray
-    from tuning.trials import resources_for
-
     args = plan.args
     session = start_ray(args.address)
     where = session.dashboard_url or "(no dashboard URL)"
@@ -225,13 +228,6 @@ def run_search(plan: SearchPlan) -> dict[str, Any]:
 
 def _tuner(plan: SearchPlan, resources, searched: list[str]):
     """The Tune experiment: a new one, or the interrupted one restored (``--resume``)."""
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    from tuning.space import to_tune
-    from tuning.tables import LiveTrialTable
-    from tuning.trials import make_trainable
 
     args, base = plan.args, plan.base
     trainable = make_trainable(base, ray.put(plan.dataset), resources,
@@ -267,8 +263,6 @@ def _tuner(plan: SearchPlan, resources, searched: list[str]):
 def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) -> dict[str, Any]:
     """trials.csv; the best trial's selected checkpoint scored on test once; best.json and
     best/; the summary on the terminal."""
-    from tuning.tables import rich_table, trial_rows
-    from tuning.trials import trial_state
 
     results = [(trial.trial_id, _status(trial, r), r.config, r.metrics_dataframe)
                for trial, r in zip(grid._experiment_analysis.trials, grid, strict=True)]
@@ -311,8 +305,6 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
 
 def _show_what_mattered(plan: SearchPlan, stdout) -> None:
     """Parameter importances and the history, from the stored study; how to open it."""
-    from tuning.tables import rich_table
-
     url = study_url(plan.experiment, plan.args.study_storage)
     if url is None:
         return
