@@ -232,18 +232,26 @@ def _present_modalities(
 MULT_KEYS = {"l": "text", "a": "audio", "v": "vision"}
 
 
+def _split_labels(path: Path, name: str, content: dict, label_keys: tuple[str, ...],
+                  format_name: str) -> tuple[str, np.ndarray]:
+    """Where a split is (for messages) and its labels: the first of ``label_keys`` found."""
+    where = f"{path} split {name!r}"
+    label_key = next((key for key in label_keys if key in content), None)
+    if label_key is None:
+        raise UcrnError(f"{where} has no key {label_keys[0]!r}; is this {format_name} pickle?")
+    labels = _labels(where, label_key, content[label_key])
+    if not len(labels):
+        raise UcrnError(f"{where} is empty")
+    return where, labels
+
+
 def read_mult(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
     """MulT's pickle → splits (unaligned sequences keep their own lengths T_m)."""
     provenance = Provenance("mult-pkl", [str(path)])
     splits: dict[str, SourceSplit] = {}
     found: dict[str, Any] = {}
     for name, content in _check_splits(path, load_pickle(path)).items():
-        where = f"{path} split {name!r}"
-        if "labels" not in content:
-            raise UcrnError(f"{where} has no key 'labels'; is this a MulT pickle?")
-        labels = _labels(where, "labels", content["labels"])
-        if not len(labels):
-            raise UcrnError(f"{where} is empty")
+        where, labels = _split_labels(path, name, content, ("labels",), "a MulT")
         features = {}
         for modality, key in _present_modalities(where, name, content, MULT_KEYS, found).items():
             array = _features(where, key, content[key], len(labels))
@@ -260,13 +268,8 @@ def read_mmsa(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
     splits: dict[str, SourceSplit] = {}
     found: dict[str, Any] = {}
     for name, content in _check_splits(path, load_pickle(path)).items():
-        where = f"{path} split {name!r}"
-        label_key = next((k for k in ("regression_labels", "labels") if k in content), None)
-        if label_key is None:
-            raise UcrnError(f"{where} has no key 'regression_labels'; is this an MMSA pickle?")
-        labels = _labels(where, label_key, content[label_key])
-        if not len(labels):
-            raise UcrnError(f"{where} is empty")
+        where, labels = _split_labels(path, name, content, ("regression_labels", "labels"),
+                                      "an MMSA")
         text_key = "text_bert" if "text_bert" in content and "text" not in content else "text"
         keys = {"l": text_key, "a": "audio", "v": "vision"}
         features, lengths = {}, {}
