@@ -3,7 +3,8 @@
 # accepts one throw-away key, both made here. Needs Debian's openssh-server and rsync.
 #
 #   cluster/local_sshd.sh start    # prints nothing on success; the key is $DIR/client_key
-#   cluster/local_sshd.sh stop     # stops it (by the PID in $DIR/sshd.pid) and forgets the key
+#   cluster/local_sshd.sh stop     # stops it (by the PID in $DIR/sshd.pid), forgets the key,
+#                                  # removes $DIR
 #
 # It also links $DIR/ray to the `ray` of the Python that runs this project, and gives the SSH
 # sessions a throw-away home ($DIR/home) whose .bashrc puts $DIR first on the PATH: Ray's
@@ -56,6 +57,7 @@ stop() {
         grep -vF "$(cat "$DIR/client_key.pub")" ~/.ssh/authorized_keys > "$DIR/keys" || true
         cat "$DIR/keys" > ~/.ssh/authorized_keys
     fi
+    rm -rf "$DIR"  # keys, home and link: nothing of it outlives the server
 }
 
 case "${1:-}" in

@@ -62,3 +62,4 @@ def test_ray_up_then_a_search_job_then_ray_down_leaves_no_ray(tiny_mosi, tmp_pat
         _run(["bash", "cluster/local_sshd.sh", "stop"], timeout=60)
     assert down.returncode == 0, down.stderr[-3000:]
     assert not _ray_processes(), "ray down left Ray running"
+    assert not Path("/tmp/ucrn-ssh").exists(), "the sshd's keys and home outlived it"
