@@ -249,7 +249,6 @@ def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
         run_name_of=lambda trial, _: run_key(trial["run"]["variant"], trial["run"]["seed"]),
     )
     recorder = RecordRuns(plan)
-    ProgressWatch.stalled_after = None
     tuner = tune.Tuner(
         trainable,
         param_space={"run": tune.grid_search(

@@ -30,6 +30,7 @@ class ProgressWatch(Stopper):
     def __init__(self, minutes: float, clock=time.monotonic):
         self.minutes, self.clock = minutes, clock
         self.last_progress: float | None = None
+        type(self).stalled_after = None  # a new (or restored) experiment has not stalled
 
     def __getstate__(self) -> dict:
         return {"minutes": self.minutes}  # a restored watch starts its clock afresh

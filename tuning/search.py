@@ -65,6 +65,7 @@ class SearchPlan:
     metric: str
     mode: str
     experiment: str  # STORAGE/NAME, a local path or a URI
+    study: str | None  # the Optuna study's database URL (None: in memory)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +180,8 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
         if not args.resume and Path(experiment).exists():
             raise UcrnError(f"{experiment} exists; pass --resume to continue it, or another "
                             "--name")
-    return SearchPlan(args, dataset, base, space, args.metric, mode, experiment)
+    return SearchPlan(args, dataset, base, space, args.metric, mode, experiment,
+                      study_url(experiment, args.study_storage))
 
 
 def _write_text(experiment: str, name: str, text: str) -> None:
@@ -221,7 +223,6 @@ def run_search(plan: SearchPlan) -> dict[str, Any]:
     )
     searched = [key for key, entry in plan.space.items() if isinstance(entry, dict)]
     started = time.perf_counter()
-    ProgressWatch.stalled_after = None
     grid = _tuner(plan, resources, searched).fit()
     return _record_search(plan, grid, searched, time.perf_counter() - started)
 
@@ -237,10 +238,9 @@ def _tuner(plan: SearchPlan, resources, searched: list[str]):
         return tune.Tuner.restore(plan.experiment, trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
     storage, name = plan.experiment.rsplit("/", 1)
-    url = study_url(plan.experiment, args.study_storage)
-    if url is not None and url.startswith("sqlite:///") and not args.study_storage:
+    if plan.study is not None and not args.study_storage:
         Path(plan.experiment).mkdir(parents=True, exist_ok=True)  # study.db goes in it
-    searcher = StudySearch(url=url, study_name=name, epochs=args.epochs, seed=args.seed,
+    searcher = StudySearch(url=plan.study, study_name=name, epochs=args.epochs, seed=args.seed,
                            concurrent=args.max_concurrent)
     return tune.Tuner(
         trainable,
@@ -305,7 +305,7 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
 
 def _show_what_mattered(plan: SearchPlan, stdout) -> None:
     """Parameter importances and the history, from the stored study; how to open it."""
-    url = study_url(plan.experiment, plan.args.study_storage)
+    url = plan.study
     if url is None:
         return
     if not _is_uri(plan.experiment):
