@@ -229,9 +229,6 @@ def _present_modalities(
     return present
 
 
-MULT_KEYS = {"l": "text", "a": "audio", "v": "vision"}
-
-
 def _split_labels(path: Path, name: str, content: dict, label_keys: tuple[str, ...],
                   format_name: str) -> tuple[str, np.ndarray]:
     """Where a split is (for messages) and its labels: the first of ``label_keys`` found."""
@@ -245,35 +242,58 @@ def _split_labels(path: Path, name: str, content: dict, label_keys: tuple[str, .
     return where, labels
 
 
-def read_mult(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
-    """MulT's pickle → splits (unaligned sequences keep their own lengths T_m)."""
-    provenance = Provenance("mult-pkl", [str(path)])
+@dataclass(frozen=True)
+class PickleFormat:
+    """What tells one pickle format's splits apart: its name, where its labels are and
+    which key holds its language features."""
+
+    name: str                     # the provenance's source format
+    label_keys: tuple[str, ...]   # the first one found holds the labels
+    described_as: str             # "is this {described_as} pickle?"
+
+
+PICKLE_FORMATS = {
+    "mult-pkl": PickleFormat("mult-pkl", ("labels",), "a MulT"),
+    "mmsa-pkl": PickleFormat("mmsa-pkl", ("regression_labels", "labels"), "an MMSA"),
+}
+
+
+def _feature_keys(content: dict) -> dict[str, str]:
+    """Modality → key; MMSA files may hold BERT features as 'text_bert' instead of 'text'."""
+    text_key = "text_bert" if "text_bert" in content and "text" not in content else "text"
+    return {"l": text_key, "a": "audio", "v": "vision"}
+
+
+def _sample_lengths(where: str, content: dict, key: str, modality: str, steps: int,
+                    samples: int, provenance: Provenance) -> np.ndarray | None:
+    """MMSA's per-sample lengths of one modality (``{key}_lengths``), clipped to [1, T_m];
+    None when the file has none (MulT's never do: its sequences are full length)."""
+    length_key = f"{key}_lengths"
+    if length_key not in content:
+        return None
+    raw = np.asarray(content[length_key]).reshape(-1)
+    if len(raw) != samples:
+        raise UcrnError(f"{where} key {length_key!r} has {len(raw)} entries for {samples} "
+                        "samples")
+    clipped = np.clip(raw.astype(np.int64), 1, steps)
+    changed = int((clipped != raw).sum())
+    if changed:
+        provenance.cleaned[f"{modality}: lengths clipped to [1, {steps}]"] = changed
+    return clipped.astype(np.int32)
+
+
+def read_split_pickle(path: Path, form: PickleFormat) -> tuple[dict[str, SourceSplit],
+                                                                Provenance]:
+    """A MulT or MMSA pickle → splits. Unaligned sequences keep their own lengths T_m;
+    MMSA's per-sample audio/vision lengths are kept when present."""
+    provenance = Provenance(form.name, [str(path)])
     splits: dict[str, SourceSplit] = {}
     found: dict[str, Any] = {}
     for name, content in _check_splits(path, load_pickle(path)).items():
-        where, labels = _split_labels(path, name, content, ("labels",), "a MulT")
-        features = {}
-        for modality, key in _present_modalities(where, name, content, MULT_KEYS, found).items():
-            array = _features(where, key, content[key], len(labels))
-            features[modality] = _clean_features(where, modality, array, provenance,
-                                                 neg_inf_to_zero=modality == "a")
-        splits[name] = SourceSplit(features, {}, labels, _ids(where, content.get("id"),
-                                                              len(labels)))
-    return splits, provenance
-
-
-def read_mmsa(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
-    """MMSA's pickle → splits, with its per-sample audio/vision lengths when present."""
-    provenance = Provenance("mmsa-pkl", [str(path)])
-    splits: dict[str, SourceSplit] = {}
-    found: dict[str, Any] = {}
-    for name, content in _check_splits(path, load_pickle(path)).items():
-        where, labels = _split_labels(path, name, content, ("regression_labels", "labels"),
-                                      "an MMSA")
-        text_key = "text_bert" if "text_bert" in content and "text" not in content else "text"
-        keys = {"l": text_key, "a": "audio", "v": "vision"}
+        where, labels = _split_labels(path, name, content, form.label_keys, form.described_as)
         features, lengths = {}, {}
-        for modality, key in _present_modalities(where, name, content, keys, found).items():
+        present = _present_modalities(where, name, content, _feature_keys(content), found)
+        for modality, key in present.items():
             array = _features(where, key, content[key], len(labels))
             if key == "text_bert" and array.shape[1] == 3:
                 raise UcrnError(
@@ -283,18 +303,10 @@ def read_mmsa(path: Path) -> tuple[dict[str, SourceSplit], Provenance]:
                 )
             features[modality] = _clean_features(where, modality, array, provenance,
                                                  neg_inf_to_zero=modality == "a")
-            length_key = f"{key}_lengths"
-            if length_key in content:
-                raw = np.asarray(content[length_key]).reshape(-1)
-                if len(raw) != len(labels):
-                    raise UcrnError(f"{where} key {length_key!r} has {len(raw)} entries "
-                                    f"for {len(labels)} samples")
-                steps = array.shape[1]
-                clipped = np.clip(raw.astype(np.int64), 1, steps)
-                changed = int((clipped != raw).sum())
-                if changed:
-                    provenance.cleaned[f"{modality}: lengths clipped to [1, {steps}]"] = changed
-                lengths[modality] = clipped.astype(np.int32)
+            sample_lengths = _sample_lengths(where, content, key, modality, array.shape[1],
+                                             len(labels), provenance)
+            if sample_lengths is not None:
+                lengths[modality] = sample_lengths
         splits[name] = SourceSplit(features, lengths, labels, _ids(where, content.get("id"),
                                                                    len(labels)))
     return splits, provenance
@@ -340,13 +352,10 @@ def write_converted(
             "notes": provenance.notes}
 
 
-READERS = {"mult-pkl": read_mult, "mmsa-pkl": read_mmsa}
-
-
 def convert_pickle(kind: str, path: str | Path, output: str | Path,
                    name: str | None = None) -> dict[str, Any]:
     """Convert a MulT or MMSA pickle to our layout at ``output``."""
     path, output = Path(path), Path(output)
-    splits, provenance = READERS[kind](path)
+    splits, provenance = read_split_pickle(path, PICKLE_FORMATS[kind])
     return write_converted(splits, provenance, output, name or path.stem)
 
