@@ -9,6 +9,7 @@ from ucrn.config import Config, apply_overrides
 from ucrn.data.layout import load_dataset
 from ucrn.engine import evaluate, fit, load_run, save_run
 from ucrn.errors import UcrnError
+from ucrn.robustness import score_conditions
 from ucrn.state import TrainingState
 from ucrn.tasks import metric_names
 
@@ -113,7 +114,7 @@ def test_emotions_need_emotion_labels(mosi):
 
 
 def test_a_selection_metric_of_another_task_is_refused(mosi):
-    with pytest.raises(UcrnError, match="select_metric='mean_wa' is not a metric"):
+    with pytest.raises(UcrnError, match="select_metric='mean_wa' is not a validation metric"):
         fit(_config(select_metric="mean_wa"), mosi, device="cpu")
 
 
@@ -151,3 +152,25 @@ def test_modality_dropout_trains_batches_on_proper_subsets(mosi):
     seen.clear()
     fit(_config(epochs=1), mosi, device="cpu", wrap_model=Spy)
     assert set(seen) == {("l", "a", "v")}
+
+
+def test_robust_scores_average_table_4_on_the_validation_split(mosi):
+    result = fit(_config(epochs=1, score_robust=True), mosi, device="cpu", score_test=False)
+    scores = score_conditions(result.model, mosi, result.config, split="valid")
+    table_4 = [scores[f"masked {kept}"] for kept in ("L+A", "L+V", "A+V")]  # one masked
+    for name in ("MAE", "Non0_acc_2", "Corr", "loss"):
+        expected = sum(score[name] for score in table_4) / 3
+        assert result.valid[f"robust_{name}"] == pytest.approx(expected, abs=1e-6)
+    assert result.valid["MAE"] == pytest.approx(scores["full"]["MAE"], abs=1e-6)
+    assert result.valid["robust_MAE"] != pytest.approx(result.valid["MAE"])
+
+
+def test_a_checkpoint_may_be_selected_on_a_robust_metric_that_is_scored(mosi):
+    with pytest.raises(UcrnError, match="select_metric='robust_MAE' is not a validation"):
+        fit(_config(select_metric="robust_MAE"), mosi, device="cpu")
+    result = fit(_config(select_metric="robust_MAE", score_robust=True), mosi, device="cpu",
+                 score_test=False)
+    best = min(epoch["valid_robust_MAE"] for epoch in result.history)
+    assert result.valid["robust_MAE"] == pytest.approx(best)
+    with pytest.raises(UcrnError, match="need two or more modalities"):
+        fit(_config(modalities="l", score_robust=True), mosi, device="cpu")

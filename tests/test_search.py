@@ -69,6 +69,24 @@ def test_a_mode_against_the_metrics_direction_fails_before_ray(capsys, tiny_mosi
     assert f"--mode {mode} contradicts {metric}" in line
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--metric", "valid_MAE", "--metric", "valid_Corr", "--metric", "valid_Acc_7"],
+     "one or two objectives"),
+    (["--metric", "valid_MAE", "--metric", "valid_MAE"], "given twice"),
+    (["--metric", "valid_MAE", "--metric", "valid_robust_Acc_9"],
+     "valid_robust_Acc_9 is not a metric"),
+    (["--metric", "valid_MAE", "--metric", "valid_Corr", "--mode", "min"],
+     "--mode given 1 time(s) for 2 --metric"),
+    (["--metric", "valid_MAE", "--metric", "valid_robust_Corr", "--mode", "min", "--mode",
+      "min"], "--mode min contradicts valid_robust_Corr"),
+    (["--metric", "valid_robust_MAE", "--modalities", "l"], "need two or more"),
+])
+def test_bad_objectives_fail_before_ray(capsys, tiny_mosi, tmp_path, options, message):
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), *options,
+                             "--storage", str(tmp_path))
+    assert message in line
+
+
 def test_data_parallel_workers_on_a_shared_gpu_fail_before_ray(capsys, tiny_mosi, tmp_path):
     line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--workers-per-trial", "2",
                              "--gpus-per-worker", "0.25", "--storage", str(tmp_path))
@@ -296,6 +314,43 @@ def test_a_search_writes_its_tables_and_a_usable_best_config(ray_session, tiny_m
             assert trial.value == pytest.approx(row.valid_MAE)  # the trial's best epoch
         else:
             assert trial.state == optuna.trial.TrialState.PRUNED and row.epochs < 2
+
+
+@pytest.mark.slow
+def test_a_search_with_two_objectives_writes_its_pareto_front(ray_session, tiny_mosi,
+                                                                tmp_path, capsys):
+    assert _search("--data", str(tiny_mosi), *TINY_SEARCH, "--num-samples", "3",
+                   "--metric", "valid_MAE", "--metric", "valid_robust_Non0_acc_2",
+                   "--storage", str(tmp_path), "--name", "two") == 0
+    experiment = tmp_path / "two"
+    # Trial ids are hex: one such as 12345e67 would read as a number.
+    trials = pd.read_csv(experiment / "trials.csv", dtype={"trial": str})
+    front = pd.read_csv(experiment / "pareto.csv", dtype={"trial": str})
+    assert (experiment / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    mae, robust = "valid_MAE", "valid_robust_Non0_acc_2"
+    assert trials[[mae, robust]].notna().all().all()
+    # The front: no trial beats a front trial on both; every other trial is beaten by one.
+    for row in trials.itertuples():
+        beaten = ((front[mae] <= getattr(row, mae)) & (front[robust] >= getattr(row, robust))
+                  & ((front[mae] < getattr(row, mae)) | (front[robust] > getattr(row, robust))))
+        assert beaten.any() != (row.trial in set(front["trial"]))
+    record = json.loads((experiment / "best.json").read_text())
+    assert record["search"]["objectives"] == [mae, robust]
+    assert record["search"]["trial"][:8] in set(front["trial"])
+    assert record["metrics"]["valid"]["MAE"] == pytest.approx(trials[mae].min())
+    assert "Pareto front of valid_MAE and valid_robust_Non0_acc_2" in capsys.readouterr().out
+
+    import optuna
+
+    study = optuna.load_study(study_name="two", storage=f"sqlite:///{experiment / 'study.db'}")
+    assert study.metric_names == [mae, robust]
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    by_trial = {round(row.lambda_m, 9): row for row in trials.itertuples()}
+    for trial in study.trials:
+        row = by_trial[round(trial.params["lambda_m"], 9)]
+        assert len(trial.user_attrs["epochs"][robust]) == row.epochs  # each epoch's values
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.values == pytest.approx([getattr(row, mae), getattr(row, robust)])
 
 
 def _completed_trials(experiment: Path) -> set[str]:

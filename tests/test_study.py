@@ -32,7 +32,7 @@ def _report(search: StudySearch, trial: str, values: list[float]) -> dict:
 def test_the_study_records_epochs_best_values_pruned_and_failed_trials(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     search = StudySearch(url=url, study_name="exp", epochs=3, seed=0, concurrent=2,
-                         space={"x": tune.uniform(0.0, 1.0)}, metric="valid_MAE", mode="min")
+                         space={"x": tune.uniform(0.0, 1.0)}, metrics=["valid_MAE"])
     for trial in ("full", "stopped", "failed"):
         assert 0.0 <= search.suggest(trial)["x"] <= 1.0
     search.on_trial_complete("full", _report(search, "full", [1.2, 0.9, 1.0]))
@@ -57,8 +57,7 @@ def test_the_study_records_epochs_best_values_pruned_and_failed_trials(tmp_path)
 def test_a_maximised_metric_keeps_its_highest_epoch(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     search = StudySearch(url=url, study_name="exp", epochs=2, seed=0, concurrent=1,
-                         space={"x": tune.uniform(0.0, 1.0)}, metric="valid_Non0_acc_2",
-                         mode="max")
+                         space={"x": tune.uniform(0.0, 1.0)}, metrics=["valid_Non0_acc_2"])
     search.suggest("a")
     for epoch, value in ((1, 0.71), (2, 0.69)):
         result = {"valid_Non0_acc_2": value, "training_iteration": epoch, "epoch": epoch}
@@ -135,7 +134,7 @@ def _free_port() -> int:
 
 def test_the_study_lives_in_postgresql(postgres):
     search = StudySearch(url=postgres, study_name="exp", epochs=2, seed=0, concurrent=1,
-                         space={"x": tune.uniform(0.0, 1.0)}, metric="valid_MAE", mode="min")
+                         space={"x": tune.uniform(0.0, 1.0)}, metrics=["valid_MAE"])
     search.suggest("a")
     search.on_trial_complete("a", _report(search, "a", [1.3, 1.1]))
     search.suggest("b")
@@ -151,7 +150,7 @@ def test_what_mattered_draws_the_history_and_ranks_the_parameters(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     space = {"x": tune.uniform(0.0, 1.0), "y": tune.uniform(0.0, 1.0)}
     search = StudySearch(url=url, study_name="exp", epochs=1, seed=0, concurrent=1,
-                         space=space, metric="valid_MAE", mode="min")
+                         space=space, metrics=["valid_MAE"])
     assert what_mattered(url, "exp", tmp_path).empty  # nothing finished yet
     for index in range(6):
         config = search.suggest(f"t{index}")
@@ -159,7 +158,53 @@ def test_what_mattered_draws_the_history_and_ranks_the_parameters(tmp_path):
                                                       [1.0 + config["x"] + 0.01 * config["y"]]))
     importances = what_mattered(url, "exp", tmp_path)
     assert set(importances["parameter"]) == {"x", "y"}
-    assert importances["importance"].sum() == pytest.approx(1.0)
+    assert importances["valid_MAE"].sum() == pytest.approx(1.0)
     assert importances.iloc[0]["parameter"] == "x"  # it drives the score
     for name in ("history.png", "importance.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_two_objectives_are_told_at_the_first_metrics_best_epoch(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    metrics = ["valid_MAE", "valid_robust_Non0_acc_2"]
+    search = StudySearch(url=url, study_name="exp", epochs=3, seed=0, concurrent=1,
+                         space={"x": tune.uniform(0.0, 1.0)}, metrics=metrics)
+    search.suggest("full")
+    result = {}
+    for epoch, (mae, robust) in enumerate(((1.2, 0.60), (0.9, 0.55), (1.0, 0.70)), start=1):
+        result = {"valid_MAE": mae, "valid_robust_Non0_acc_2": robust,
+                  "training_iteration": epoch, "epoch": epoch}
+        search.on_trial_result("full", result)
+    search.on_trial_complete("full", result)
+    search.suggest("stopped")
+    search.on_trial_complete("stopped", {"valid_MAE": 1.5, "valid_robust_Non0_acc_2": 0.5,
+                                         "training_iteration": 1, "epoch": 1})
+
+    study = optuna.load_study(study_name="exp", storage=url)
+    assert study.metric_names == metrics
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    full, stopped = study.trials
+    assert full.values == pytest.approx([0.9, 0.55])  # both at epoch 2, its checkpoint
+    assert full.user_attrs["epochs"]["valid_robust_Non0_acc_2"] == [[1, 0.6], [2, 0.55],
+                                                                    [3, 0.7]]
+    assert stopped.state == TrialState.PRUNED
+    assert stopped.user_attrs["epochs"]["valid_MAE"] == [[1, 1.5]]
+
+
+def test_what_mattered_ranks_the_parameters_for_each_objective(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = {"x": tune.uniform(0.0, 1.0), "y": tune.uniform(0.0, 1.0)}
+    metrics = ["valid_MAE", "valid_Corr"]
+    search = StudySearch(url=url, study_name="exp", epochs=1, seed=0, concurrent=1,
+                         space=space, metrics=metrics)
+    for index in range(12):
+        config = search.suggest(f"t{index}")
+        result = {"valid_MAE": 1.0 + config["x"] + 0.01 * config["y"],  # x drives MAE
+                  "valid_Corr": config["y"] + 0.01 * config["x"],  # and y the correlation
+                  "training_iteration": 1, "epoch": 1}
+        search.on_trial_result(f"t{index}", result)
+        search.on_trial_complete(f"t{index}", result)
+    importances = what_mattered(url, "exp", tmp_path).set_index("parameter")
+    assert list(importances.columns) == metrics
+    assert importances.loc["x", "valid_MAE"] > importances.loc["y", "valid_MAE"]
+    assert importances.loc["y", "valid_Corr"] > importances.loc["x", "valid_Corr"]

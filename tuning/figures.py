@@ -1,4 +1,5 @@
-"""Figures of the evaluation report: per-seed test metrics and robustness drops (PNG)."""
+"""Figures of the evaluation report (per-seed test metrics, robustness drops) and of a
+search with two objectives (its Pareto front), as PNG."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from ucrn.files import atomic_write  # noqa: E402
 
 
 def seed_strip_plot(per_seed: pd.DataFrame, metrics: list[str], path: Path) -> Path:
@@ -60,5 +63,29 @@ def robustness_bars(tables: dict[str, pd.DataFrame], metric: str, path: Path) ->
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def pareto_plot(trials: pd.DataFrame, front: pd.DataFrame, metrics: list[str],
+                chosen: str, path: Path) -> Path:
+    """Every trial on the first two ``metrics``, the Pareto front joined up, the ``chosen``
+    trial (best.json's) ringed."""
+    x, y = metrics[:2]
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    axis.scatter(trials[x], trials[y], s=18, color="0.7", label="trials", zorder=2)
+    ordered = front.sort_values(x)
+    axis.plot(ordered[x], ordered[y], "o-", color="tab:blue", markersize=5,
+              label="Pareto front", zorder=3)
+    best = front[front["trial"] == chosen]
+    axis.scatter(best[x], best[y], s=140, facecolors="none", edgecolors="tab:red",
+                 linewidths=1.5, label=f"best.json ({chosen})", zorder=4)
+    axis.set_xlabel(x)
+    axis.set_ylabel(y)
+    axis.set_title("validation scores of each trial's kept checkpoint", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    atomic_write(path, lambda target: figure.savefig(target, dpi=120, format="png"))
     plt.close(figure)
     return path

@@ -27,6 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
+from tuning.figures import pareto_plot
 from tuning.progress import ProgressWatch, check_ran_to_end
 from tuning.ray_start import sharing_note, start_ray
 from tuning.space import load_space, to_tune, trial_overrides
@@ -37,7 +38,7 @@ from tuning.study import (
     study_url,
     what_mattered,
 )
-from tuning.tables import LiveTrialTable, rich_table, trial_rows
+from tuning.tables import LiveTrialTable, pareto_front, rich_table, trial_rows
 from tuning.tables import console as table_console
 from tuning.trials import make_trainable, resources_for, trial_state
 from ucrn.cli import metrics_table
@@ -47,6 +48,7 @@ from ucrn.data.synthetic import data_or_default
 from ucrn.engine import evaluate, load_training_data, save_run
 from ucrn.errors import UcrnError, exit_status
 from ucrn.files import check_directory
+from ucrn.metrics import ROBUST_PREFIX
 from ucrn.metrics import mode as metric_mode
 from ucrn.state import FitResult
 from ucrn.tasks import metric_names
@@ -62,10 +64,17 @@ class SearchPlan:
     dataset: Dataset
     base: Config
     space: dict[str, Any]
-    metric: str
-    mode: str
+    metrics: tuple[str, ...]  # the objectives; the first picks checkpoints and drives ASHA
     experiment: str  # STORAGE/NAME, a local path or a URI
     study: str | None  # the Optuna study's database URL (None: in memory)
+
+    @property
+    def metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def mode(self) -> str:
+        return metric_mode(self.metric)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,11 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "λ around 1, learning rate 1e-3 or 2e-3)")
     search.add_argument("--num-samples", type=int, default=8, help="trials (default 8)")
     search.add_argument("--epochs", type=int, default=8, help="epochs per trial (default 8)")
-    search.add_argument("--metric", default="valid_MAE",
+    search.add_argument("--metric", action="append",
                         help="validation metric to optimise (default valid_MAE; e.g. "
-                        "valid_Non0_acc_2)")
-    search.add_argument("--mode", choices=("min", "max"),
-                        help="optional: the metric's own direction (min for MAE and loss, "
+                        "valid_Non0_acc_2). Twice for two objectives, e.g. --metric valid_MAE "
+                        "--metric valid_robust_MAE (robust_*: averaged over one modality "
+                        "masked at a time, the paper's Table 4): the Pareto front goes to "
+                        "pareto.csv; the first metric picks checkpoints, drives ASHA and "
+                        "chooses best.json")
+    search.add_argument("--mode", action="append", choices=("min", "max"),
+                        help="optional: each metric's own direction (min for MAE and loss, "
                         "max otherwise); any other is refused")
     search.add_argument("--grace-period", type=int, default=2,
                         help="epochs before ASHA may stop a trial (default 2)")
@@ -149,24 +162,10 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
         patience=args.epochs)
     space = load_space(args.space, base, parse_set_options(args.set or []))
 
-    if not args.metric.startswith("valid_"):
-        raise UcrnError(
-            f"--metric {args.metric}: the search optimises a validation metric (valid_*); "
-            "the test split is scored once, after the search"
-        )
-    names = metric_names(base.model.task)
-    if args.metric.removeprefix("valid_") not in names:
-        raise UcrnError(
-            f"--metric {args.metric} is not a metric of task {base.model.task!r}; choose "
-            f"one of {', '.join('valid_' + n for n in names)}"
-        )
-    mode = metric_mode(args.metric)
-    if args.mode and args.mode != mode:
-        raise UcrnError(
-            f"--mode {args.mode} contradicts {args.metric}, for which {mode} is better; leave "
-            "--mode out (the direction follows the metric)"
-        )
-    base = apply_overrides(base, {"select_metric": args.metric.removeprefix("valid_")})
+    metrics = _objectives(args.metric or ["valid_MAE"], args.mode or [], base.model.task)
+    base = apply_overrides(base, {
+        "select_metric": metrics[0].removeprefix("valid_"),
+        "score_robust": any(m.startswith("valid_" + ROBUST_PREFIX) for m in metrics)})
 
     base, dataset = load_training_data(base, data_or_default(args.data), modalities_chosen)
 
@@ -180,8 +179,40 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
         if not args.resume and Path(experiment).exists():
             raise UcrnError(f"{experiment} exists; pass --resume to continue it, or another "
                             "--name")
-    return SearchPlan(args, dataset, base, space, args.metric, mode, experiment,
+    return SearchPlan(args, dataset, base, space, metrics, experiment,
                       study_url(experiment, args.study_storage))
+
+
+def _objectives(metrics: list[str], modes: list[str], task: str) -> tuple[str, ...]:
+    """The ``--metric`` options checked: one or two validation metrics of ``task`` (each
+    may be ``valid_robust_*``), and any ``--mode`` the same as each metric's direction."""
+    if len(metrics) > 2:
+        raise UcrnError(f"--metric given {len(metrics)} times; a search has one or two "
+                        "objectives")
+    if len(set(metrics)) < len(metrics):
+        raise UcrnError(f"--metric {metrics[0]} given twice; give two different metrics")
+    names = metric_names(task)
+    for metric in metrics:
+        if not metric.startswith("valid_"):
+            raise UcrnError(
+                f"--metric {metric}: the search optimises a validation metric (valid_*); "
+                "the test split is scored once, after the search"
+            )
+        if metric.removeprefix("valid_").removeprefix(ROBUST_PREFIX) not in names:
+            raise UcrnError(
+                f"--metric {metric} is not a metric of task {task!r}; choose one of "
+                f"{', '.join('valid_' + n for n in names)}, or valid_robust_ followed by one"
+            )
+    if modes and len(modes) != len(metrics):
+        raise UcrnError(f"--mode given {len(modes)} time(s) for {len(metrics)} --metric; "
+                        "leave --mode out (the direction follows the metric)")
+    for metric, wanted in zip(metrics, modes, strict=False):
+        if wanted != metric_mode(metric):
+            raise UcrnError(
+                f"--mode {wanted} contradicts {metric}, for which {metric_mode(metric)} is "
+                "better; leave --mode out (the direction follows the metric)"
+            )
+    return tuple(metrics)
 
 
 def _write_text(experiment: str, name: str, text: str) -> None:
@@ -219,7 +250,9 @@ def run_search(plan: SearchPlan) -> dict[str, Any]:
         f"{'resuming' if args.resume else 'search'} {plan.experiment}: {args.num_samples} "
         f"trials × {args.epochs} epochs, {args.max_concurrent} at once, {resources.workers} "
         f"worker(s) per trial with {resources.cpus_per_worker:g} CPU and "
-        f"{resources.gpus_per_worker:g} GPU each · objective {plan.metric} ({plan.mode})"
+        f"{resources.gpus_per_worker:g} GPU each · "
+        + " and ".join(f"{m} ({metric_mode(m)})" for m in plan.metrics)
+        + (f" · ASHA stops trials on {plan.metric}" if len(plan.metrics) > 1 else "")
     )
     searched = [key for key, entry in plan.space.items() if isinstance(entry, dict)]
     started = time.perf_counter()
@@ -240,15 +273,17 @@ def _tuner(plan: SearchPlan, resources, searched: list[str]):
     storage, name = plan.experiment.rsplit("/", 1)
     if plan.study is not None and not args.study_storage:
         Path(plan.experiment).mkdir(parents=True, exist_ok=True)  # study.db goes in it
-    searcher = StudySearch(url=plan.study, study_name=name, epochs=args.epochs, seed=args.seed,
-                           concurrent=args.max_concurrent)
+    searcher = StudySearch(url=plan.study, study_name=name, metrics=list(plan.metrics),
+                           epochs=args.epochs, seed=args.seed, concurrent=args.max_concurrent)
     return tune.Tuner(
         trainable,
         param_space=to_tune(plan.space),
+        # The searcher and ASHA are each told their metrics (Optuna may have two; ASHA
+        # stops trials on the first), so the Tune config names none.
         tune_config=tune.TuneConfig(
-            metric=plan.metric, mode=plan.mode, search_alg=searcher,
-            scheduler=ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
-                                    reduction_factor=2),
+            search_alg=searcher,
+            scheduler=ASHAScheduler(metric=plan.metric, mode=plan.mode, max_t=args.epochs,
+                                    grace_period=args.grace_period, reduction_factor=2),
             num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
         ),
         run_config=tune.RunConfig(
@@ -266,7 +301,7 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
 
     results = [(trial.trial_id, _status(trial, r), r.config, r.metrics_dataframe)
                for trial, r in zip(grid._experiment_analysis.trials, grid, strict=True)]
-    table = trial_rows(results, plan.metric, searched)
+    table = trial_rows(results, plan.metrics, searched)
     _write_text(plan.experiment, "trials.csv", table.to_csv(index=False))
     check_ran_to_end(grid.num_terminated + grid.num_errors, plan.args.num_samples,
                      "continue with --resume")
@@ -283,7 +318,7 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
         **state.config.to_dict(),
         "search": {"experiment": plan.experiment, "trial": _trial_id(best),
                    "metric": plan.metric, "mode": plan.mode, "best_epoch": state.best_epoch,
-                   "trials": len(grid), "seconds": seconds},
+                   "trials": len(grid), "seconds": seconds, **_objectives_record(plan)},
         "metrics": {"valid": result.valid, "test": test},
     }
     _write_text(plan.experiment, "best.json", json.dumps(record, indent=2) + "\n")
@@ -299,8 +334,33 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
     ))
     stdout.print(f"wrote {plan.experiment}/trials.csv, best.json, best/ ({seconds:.0f} s of "
                  "search)")
+    if len(plan.metrics) > 1:
+        _write_pareto_front(plan, table, _trial_id(best)[:8], stdout)
     _show_what_mattered(plan, stdout)
     return record
+
+
+def _objectives_record(plan: SearchPlan) -> dict[str, Any]:
+    """With two objectives: both, and the rule that chose best.json's trial."""
+    if len(plan.metrics) == 1:
+        return {}
+    return {"objectives": list(plan.metrics),
+            "rule": f"the trial best on {plan.metric} (it is on the Pareto front of "
+                    f"{' and '.join(plan.metrics)}; pareto.csv lists the others)"}
+
+
+def _write_pareto_front(plan: SearchPlan, table, chosen: str, stdout) -> None:
+    """The trials no other beats on both objectives, as pareto.csv and pareto.png."""
+    front = pareto_front(table, plan.metrics)
+    _write_text(plan.experiment, "pareto.csv", front.to_csv(index=False))
+    stdout.print(rich_table(front, title=f"Pareto front of {' and '.join(plan.metrics)}: "
+                            f"{len(front)} of {len(table)} trials (validation, each at its "
+                            f"best {plan.metric} epoch)"))
+    if not _is_uri(plan.experiment):
+        pareto_plot(table, front, list(plan.metrics), chosen,
+                    Path(plan.experiment) / "pareto.png")
+    stdout.print(f"wrote {plan.experiment}/pareto.csv, pareto.png; best.json holds "
+                 f"{chosen}, the front's best on {plan.metric}")
 
 
 def _show_what_mattered(plan: SearchPlan, stdout) -> None:
@@ -315,8 +375,8 @@ def _show_what_mattered(plan: SearchPlan, stdout) -> None:
             stdout.print("parameter importances need two trials that ran all their epochs "
                          "(ASHA stopped the rest early); see history.png")
         else:
-            stdout.print(rich_table(importances, title="what mattered (Optuna's fANOVA "
-                                    "importances)"))
+            stdout.print(rich_table(importances, title="what mattered (Optuna's parameter "
+                                    "importances, PED-ANOVA)"))
             stdout.print(f"wrote {plan.experiment}/importance.png, history.png")
     stdout.print(f"the study, live or later: {dashboard_command(url)}")
 

@@ -20,6 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ucrn.errors import UcrnError
 from ucrn.files import atomic_write
 from ucrn.metrics import is_better
+from ucrn.metrics import mode as metric_mode
 
 STUDY_FILE = "study.db"
 
@@ -53,28 +54,55 @@ def dashboard_command(url: str) -> str:
 class StudySearch(OptunaSearch):
     """``OptunaSearch`` with the study in ``url`` (``None``: in memory) under ``study_name``.
 
-    Optuna is told each trial's best epoch (not its last), in the metric's own direction,
-    and a trial that ended before ``epochs`` without an error is pruned.
+    Optuna is told each trial's best epoch (not its last), chosen by the first of ``metrics``
+    in its own direction, with every metric's value at that epoch; a trial that ended before
+    ``epochs`` without an error is pruned. With two or more metrics the study has as many
+    objectives, and since Optuna keeps no intermediate values for those, each trial's
+    per-epoch values go in its user attribute ``epochs`` instead.
     """
 
-    def __init__(self, *, url: str | None, study_name: str, epochs: int, seed: int,
-                 concurrent: int, **kwargs: Any):
+    def __init__(self, *, url: str | None, study_name: str, metrics: list[str],
+                 epochs: int, seed: int, concurrent: int, **kwargs: Any):
         import optuna
 
         storage = optuna.storages.RDBStorage(url) if url is not None else None
         # With trials running at once, the constant liar keeps TPE from sending them all to
         # the same region.
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=concurrent > 1)
-        super().__init__(storage=storage, study_name=study_name, sampler=sampler, **kwargs)
+        modes = [metric_mode(metric) for metric in metrics]
+        several = len(metrics) > 1
+        self._metrics = list(metrics)  # before the study is set up: it names the objectives
         self._epochs = epochs
-        self._best: dict[str, float] = {}
+        self._best: dict[str, dict[str, float]] = {}  # trial → values at its best epoch
+        self._curves: dict[str, dict[str, list]] = {}  # trial → metric → [[epoch, value]…]
         self._last_step: dict[str, int] = {}
+        super().__init__(metric=metrics if several else metrics[0],
+                         mode=modes if several else modes[0], storage=storage,
+                         study_name=study_name, sampler=sampler, **kwargs)
+
+    def _setup_study(self, mode: str | list[str]) -> None:
+        import warnings
+
+        import optuna
+
+        super()._setup_study(mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(self._metrics)  # the dashboard shows them
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        value = result.get(self.metric)
-        if is_better(self.metric, value, self._best.get(trial_id)):
-            self._best[trial_id] = value
-        self._last_step[trial_id] = result.get(TRAINING_ITERATION, 0)
+        first = self._metrics[0]
+        values = {metric: result.get(metric) for metric in self._metrics}
+        best = self._best.get(trial_id)
+        if is_better(first, values[first], best[first] if best else None):
+            self._best[trial_id] = values
+        step = result.get(TRAINING_ITERATION, 0)
+        self._last_step[trial_id] = step
+        if len(self._metrics) > 1 and trial_id in self._ot_trials:
+            curves = self._curves.setdefault(trial_id, {m: [] for m in self._metrics})
+            for metric, value in values.items():
+                curves[metric].append([step, value])
+            self._ot_trials[trial_id].set_user_attr("epochs", curves)
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
@@ -89,14 +117,16 @@ class StudySearch(OptunaSearch):
             self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return None
-        best = self._best.get(trial_id, result.get(self.metric))
-        return super().on_trial_complete(trial_id, {**result, self.metric: best}, error)
+        best = self._best.get(trial_id, {m: result.get(m) for m in self._metrics})
+        return super().on_trial_complete(trial_id, {**result, **best}, error)
 
 
 def what_mattered(url: str, study_name: str, folder: Path) -> pd.DataFrame:
-    """From the stored study: the optimisation history as ``history.png`` and, once two
-    trials have finished with a value, Optuna's parameter importances (fANOVA) as a table
-    and ``importance.png``, in ``folder``. The table is empty when there are too few."""
+    """From the stored study: the optimisation history of its first objective as
+    ``history.png`` and, once two trials have finished with values, Optuna's parameter
+    importances (its default evaluator, PED-ANOVA) as a table with a column per objective,
+    named after its metric, and ``importance.png``, in ``folder``. The table is empty when
+    there are too few."""
     import warnings
 
     import matplotlib
@@ -107,17 +137,29 @@ def what_mattered(url: str, study_name: str, folder: Path) -> pd.DataFrame:
     from optuna.visualization import matplotlib as plots
 
     study = optuna.load_study(study_name=study_name, storage=url)
+    names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
     finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    importances = pd.DataFrame(columns=["parameter", "importance"])
+    importances = pd.DataFrame(columns=["parameter", *names])
+    figures = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        figures = {"history.png": plots.plot_optimization_history} if finished else {}
+        if finished:
+            figures["history.png"] = plots.plot_optimization_history(
+                study, target=lambda trial: trial.values[0], target_name=names[0])
         if len(finished) >= 2:
-            found = optuna.importance.get_param_importances(study)
-            importances = pd.DataFrame(list(found.items()), columns=["parameter", "importance"])
-            figures["importance.png"] = plots.plot_param_importances
-        for name, plot in figures.items():
-            figure = plot(study).figure
+            # Optuna's default evaluator (PED-ANOVA) ranks what leads to low targets: a
+            # maximised objective is turned round, as its warning asks.
+            warnings.filterwarnings("ignore", message=".*importances of params to achieve")
+            signs = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1
+                     for d in study.directions]
+            found = {name: optuna.importance.get_param_importances(
+                         study, target=lambda trial, i=i: signs[i] * trial.values[i])
+                     for i, name in enumerate(names)}
+            importances = pd.DataFrame(found).rename_axis("parameter").reset_index()
+            importances = importances.sort_values(names[0], ascending=False, ignore_index=True)
+            figures["importance.png"] = plots.plot_param_importances(study)
+        for name, axes in figures.items():
+            figure = axes.figure
             figure.set_size_inches(7, 4.5)
             figure.tight_layout()
             atomic_write(folder / name, lambda path, f=figure: f.savefig(path, dpi=120,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from ray.tune import Callback
 from rich.console import Console
@@ -48,29 +50,47 @@ def rich_table(frame: pd.DataFrame, title: str = "", max_rows: int | None = None
     return table
 
 
-def trial_rows(results: list[tuple[str, str, dict, pd.DataFrame | None]], metric: str,
-               hyperparameters: list[str]) -> pd.DataFrame:
-    """One row per trial: status, epochs, best validation score and its epoch, settings.
+def trial_rows(results: list[tuple[str, str, dict, pd.DataFrame | None]],
+               metrics: Sequence[str], hyperparameters: list[str]) -> pd.DataFrame:
+    """One row per trial: status, epochs, its best epoch by the first of ``metrics`` and
+    every metric's value at that epoch (the checkpoint it keeps), settings; best first.
 
     ``results`` holds (trial_id, status, config, per-epoch metrics) for each trial.
     """
-    direction = mode(metric)
+    first = metrics[0]
+    direction = mode(first)
     rows = []
     for trial_id, status, config, history in results:
         row: dict[str, Any] = {"trial": trial_id[:8], "status": status}
-        if history is not None and metric in history and history[metric].notna().any():
-            scores = history[metric]
+        if history is not None and first in history and history[first].notna().any():
+            scores = history[first]
             best = scores.idxmin() if direction == "min" else scores.idxmax()
-            row.update({"epochs": int(history["epoch"].max()), metric: scores[best],
+            row.update({"epochs": int(history["epoch"].max()),
+                        **{m: history[m][best] if m in history else float("nan")
+                           for m in metrics},
                         "best epoch": int(history.loc[best, "epoch"])})
         else:
-            row.update({"epochs": 0, metric: float("nan"), "best epoch": 0})
+            row.update({"epochs": 0, **{m: float("nan") for m in metrics}, "best epoch": 0})
         row.update({key: (config or {}).get(key) for key in hyperparameters})
         rows.append(row)
     frame = pd.DataFrame(rows)
     if not frame.empty:
-        frame = frame.sort_values(metric, ascending=direction == "min", na_position="last")
+        frame = frame.sort_values(first, ascending=direction == "min", na_position="last")
     return frame.reset_index(drop=True)
+
+
+def pareto_front(trials: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``trials`` that no other row dominates on ``metrics`` (each in its own
+    direction: at least as good on all and better on one), best first metric first."""
+    scored = trials.dropna(subset=list(metrics))
+    # as costs: lower is better on every column
+    costs = np.column_stack([scored[m].to_numpy(float) * (1 if mode(m) == "min" else -1)
+                             for m in metrics])
+    dominated = [bool(np.any(np.all(costs <= cost, axis=1) & np.any(costs < cost, axis=1)))
+                 for cost in costs]
+    front = scored[~np.array(dominated, dtype=bool)]
+    return front.sort_values(list(metrics), ascending=[mode(m) == "min" for m in metrics],
+                             ignore_index=True)
 
 
 class LiveTrialTable(Callback):

@@ -103,6 +103,7 @@ class TrainConfig:
     modality_dropout: float = 0.0  # chance that a batch trains on a random proper subset
     patience: int = 10  # epochs without a better validation score before stopping
     select_metric: str = "auto"  # validation metric that picks the checkpoint
+    score_robust: bool = False  # also score valid with one modality masked at a time (robust_*)
     eval_batch_size: int = 256
     seed: int = 0
 

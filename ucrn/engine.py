@@ -26,12 +26,18 @@ import torch
 from torch import nn
 
 from ucrn.config import Config, config_from_dict, default_modalities
-from ucrn.data.batches import drop_modalities, epoch_order, input_statistics, iterate_batches
+from ucrn.data.batches import (
+    drop_modalities,
+    epoch_order,
+    input_statistics,
+    iterate_batches,
+    mask_modalities,
+)
 from ucrn.data.layout import Dataset, Split, load_dataset, read_attrs
 from ucrn.errors import UcrnError
 from ucrn.files import atomic_write, check_directory
 from ucrn.losses import task_loss, ucrn_loss
-from ucrn.metrics import is_better
+from ucrn.metrics import ROBUST_PREFIX, is_better
 from ucrn.model import UCRN
 from ucrn.state import FitResult, TrainingState
 from ucrn.tasks import get_task, label_columns, metric_names, task_metrics
@@ -73,13 +79,25 @@ def prepare_config(config: Config, dataset: Dataset) -> Config:
         )
     label_columns(dataset, config.model.task)
     config.model.input_dims = {m: dataset.input_dims[m] for m in config.model.modalities}
-    metric = select_metric(config)
-    if metric not in metric_names(config.model.task):
+    if config.train.score_robust and len(config.model.modalities) < 2:
         raise UcrnError(
-            f"select_metric={metric!r} is not a metric of task {config.model.task!r}; "
-            f"choose one of {', '.join(metric_names(config.model.task))}"
+            "robust_* metrics (score_robust) mask one modality at a time, so they need two or "
+            f"more modalities; the model has {','.join(config.model.modalities)}"
         )
+    metric, names = select_metric(config), validation_metric_names(config)
+    if metric not in names:
+        raise UcrnError(f"select_metric={metric!r} is not a validation metric of task "
+                        f"{config.model.task!r} here; choose one of {', '.join(names)}")
     return config
+
+
+def validation_metric_names(config: Config) -> tuple[str, ...]:
+    """The keys of each epoch's validation scores: the task's metrics, and with
+    ``score_robust`` the same again as ``robust_*``."""
+    names = metric_names(config.model.task)
+    if config.train.score_robust:
+        names += tuple(ROBUST_PREFIX + name for name in names)
+    return names
 
 
 def load_training_data(
@@ -168,9 +186,23 @@ def evaluate(
 
 
 def modality_subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """The proper non-empty subsets of ``modalities`` that modality dropout trains on."""
+    """The proper non-empty subsets of ``modalities``, smallest first (what modality dropout
+    trains on, and what the robustness tables keep)."""
     return [subset for size in range(1, len(modalities))
             for subset in itertools.combinations(modalities, size)]
+
+
+def one_modality_masked(modalities: tuple[str, ...]) -> list[str]:
+    """Table 4's missing-modality conditions: each modality masked in turn (for L, A, V
+    the model sees L+A, L+V and A+V)."""
+    return list(modalities) if len(modalities) > 1 else []
+
+
+def robust_scores(model: UCRN, masked: list[_TaskData], config: Config) -> dict[str, float]:
+    """``robust_<metric>``: each metric averaged over the conditions in ``masked``."""
+    scores = [_score(model, data, config) for data in masked]
+    return {ROBUST_PREFIX + name: sum(s[name] for s in scores) / len(scores)
+            for name in scores[0]}
 
 
 def _train_epoch(
@@ -238,6 +270,14 @@ class _Training:
         columns = label_columns(dataset, task)
         self.train = _TaskData(train_split, columns, task, device)
         self.valid = _TaskData(dataset.split("valid"), columns, task, device, modalities)
+        self.valid_masked = []  # Table 4 on valid, for the robust_* scores
+        if config.train.score_robust:
+            valid_split = drop_modalities(dataset.split("valid"), modalities)
+            means = self.model.input_means()
+            self.valid_masked = [
+                _TaskData(mask_modalities(valid_split, [m], fill=means), columns, task, device)
+                for m in one_modality_masked(modalities)
+            ]
         self.state = TrainingState(config, best_weights=copy.deepcopy(self.model.state_dict()))
         if resume is not None:
             self.model.load_state_dict(resume.weights)
@@ -267,6 +307,8 @@ class _Training:
                 f"(now {self.config.train.learning_rate:g}) or set grad_clip"
             )
         valid = _score(self.model, self.valid, self.config)
+        if self.valid_masked:
+            valid.update(robust_scores(self.model, self.valid_masked, self.config))
         state = self.state
         improved = is_better(self.metric, valid[self.metric], state.best_score)
         if improved:

@@ -21,14 +21,18 @@ SENTIMENT_METRICS = (
 # Metrics where lower is better; every other metric is maximised (see ``mode``).
 LOWER_IS_BETTER = frozenset({"MAE", "loss"})
 SPLIT_PREFIXES = ("valid_", "test_")
+# A metric averaged over the missing-modality conditions of Table 4 (one modality masked at a
+# time), e.g. robust_MAE; see ``ucrn.engine.robust_scores``.
+ROBUST_PREFIX = "robust_"
 
 
 def mode(metric: str) -> str:
     """``"min"`` where lower is better (MAE, loss), ``"max"`` otherwise: the one definition
     of "better" that checkpoint selection, the search, the tables and the reports share.
-    A ``valid_`` or ``test_`` prefix is ignored."""
+    A ``valid_`` or ``test_`` prefix, and then ``robust_``, are ignored."""
     for prefix in SPLIT_PREFIXES:
         metric = metric.removeprefix(prefix)
+    metric = metric.removeprefix(ROBUST_PREFIX)
     return "min" if metric in LOWER_IS_BETTER else "max"
 
 
