@@ -1,5 +1,6 @@
 """The one training loop: honest selection, determinism, early stopping, resume, tasks."""
 
+import copy
 import io
 
 import pytest
@@ -7,8 +8,9 @@ import torch
 
 from ucrn.config import Config, apply_overrides
 from ucrn.data.layout import load_dataset
-from ucrn.engine import evaluate, fit, load_run, save_run
+from ucrn.engine import evaluate, fit, flat_parameters, load_run, prepare_config, save_run
 from ucrn.errors import UcrnError
+from ucrn.model import UCRN
 from ucrn.robustness import score_conditions
 from ucrn.state import TrainingState
 from ucrn.tasks import metric_names
@@ -174,3 +176,30 @@ def test_a_checkpoint_may_be_selected_on_a_robust_metric_that_is_scored(mosi):
     assert result.valid["robust_MAE"] == pytest.approx(best)
     with pytest.raises(UcrnError, match="need two or more modalities"):
         fit(_config(modalities="l", score_robust=True), mosi, device="cpu")
+
+
+def test_a_step_over_flat_parameters_is_adam_and_clipping_on_each(mosi):
+    config = prepare_config(_config(), mosi)
+    model = UCRN(config.model).eval()  # no dropout: both see the same function
+    twin, start = copy.deepcopy(model), copy.deepcopy(model.state_dict())
+    flat = flat_parameters(model)
+    assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+               for p in model.parameters())
+    split = mosi.split("train")
+    features = {m: x[:16] for m, x in split.features.items()}
+    lengths = {m: n[:16] for m, n in split.lengths.items()}
+    steps = [(model, [flat], torch.optim.Adam([flat], lr=1e-2, fused=True)),
+             (twin, list(twin.parameters()), torch.optim.Adam(twin.parameters(), lr=1e-2))]
+    for _ in range(2):
+        for network, parameters, adam in steps:
+            adam.zero_grad(set_to_none=network is twin)
+            output = network(features, lengths)
+            loss = output.prediction.sub(1.0).abs().mean() + output.unimodal["a"].square().mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 0.05)  # small enough to clip
+            adam.step()
+    for (name, value), twin_value in zip(model.state_dict().items(),
+                                         twin.state_dict().values(), strict=True):
+        assert torch.allclose(value, twin_value, atol=1e-6), name
+    assert not torch.equal(model.urms["l"].projection.weight,
+                           start["urms.l.projection.weight"])  # the steps moved it

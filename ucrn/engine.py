@@ -205,9 +205,24 @@ def robust_scores(model: UCRN, masked: list[_TaskData], config: Config) -> dict[
             for name in scores[0]}
 
 
+def flat_parameters(model: nn.Module) -> nn.Parameter:
+    """One parameter holding all of ``model``'s, whose own become views of it, gradients
+    included: clipping is then one norm and Adam one step over one tensor, instead of one
+    of each per parameter (220 of them) — a tenth of a small model's training step."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in parameters]))
+    flat.grad = torch.zeros_like(flat)
+    sizes = [p.numel() for p in parameters]
+    for parameter, values, grad in zip(parameters, flat.detach().split(sizes),
+                                       flat.grad.split(sizes), strict=True):
+        parameter.data = values.view_as(parameter)
+        parameter.grad = grad.view_as(parameter)  # backward adds into it in place
+    return flat
+
+
 def _train_epoch(
     wrapped: nn.Module,
-    model: UCRN,
+    parameters: nn.Parameter,
     optimizer: torch.optim.Optimizer,
     data: _TaskData,
     order: torch.Tensor,
@@ -236,10 +251,10 @@ def _train_epoch(
             output.prediction, batch.targets, output.unimodal, config.model.task,
             lambda_m, train_config.lambda_c,
         )
-        optimizer.zero_grad(set_to_none=True)
+        parameters.grad.zero_()  # the model's gradients are views of it
         loss.total.backward()
         if train_config.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+            nn.utils.clip_grad_norm_(parameters, train_config.grad_clip)
         optimizer.step()
         totals += torch.stack([loss.total.detach(), loss.task.detach(), loss.js.detach()])
         batches += 1
@@ -261,9 +276,10 @@ class _Training:
         self.model = UCRN(config.model).to(device)
         train_split = drop_modalities(dataset.split("train"), modalities)
         self.model.set_input_statistics(input_statistics(train_split, config.model.standardise))
+        self.parameters = flat_parameters(self.model)
         self.wrapped = wrap_model(self.model) if wrap_model else self.model
-        self.optimizer = torch.optim.Adam(  # fused: one kernel for all parameters, 9× faster
-            self.model.parameters(), lr=config.train.learning_rate,
+        self.optimizer = torch.optim.Adam(  # fused: one kernel, 9× faster than a loop
+            [self.parameters], lr=config.train.learning_rate,
             weight_decay=config.train.weight_decay, fused=True,
         )
         self.batch_order = torch.Generator().manual_seed(config.train.seed)
@@ -298,7 +314,7 @@ class _Training:
         started = time.perf_counter()
         order = epoch_order(len(self.train.split), shuffle=True, generator=self.batch_order,
                             rank=rank, world_size=world_size)
-        losses = _train_epoch(self.wrapped, self.model, self.optimizer, self.train, order,
+        losses = _train_epoch(self.wrapped, self.parameters, self.optimizer, self.train, order,
                               self.config, self.batch_order, epoch)
         train_seconds = time.perf_counter() - started
         if not math.isfinite(losses[0]):

@@ -175,6 +175,8 @@ class URM(nn.Module):
         return table[:steps]  # (T, d)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if lengths is not None:  # padding after the batch's longest sequence changes nothing
+            x = x[:, : max(1, int(lengths.max()))]
         batch, steps, _ = x.shape
         hidden = self.projection(self.standardise(x))  # eq. (2)  (B, T, d)
         if lengths is None:
