@@ -151,12 +151,13 @@ def test_what_mattered_draws_the_history_and_ranks_the_parameters(tmp_path):
     space = {"x": tune.uniform(0.0, 1.0), "y": tune.uniform(0.0, 1.0)}
     search = StudySearch(url=url, study_name="exp", epochs=1, seed=0, concurrent=1,
                          space=space, metrics=["valid_MAE"])
-    assert what_mattered(url, "exp", tmp_path).empty  # nothing finished yet
+    assert what_mattered(url, "exp", tmp_path)[0].empty  # nothing finished yet
     for index in range(6):
         config = search.suggest(f"t{index}")
         search.on_trial_complete(f"t{index}", _report(search, f"t{index}",
                                                       [1.0 + config["x"] + 0.01 * config["y"]]))
-    importances = what_mattered(url, "exp", tmp_path)
+    importances, over = what_mattered(url, "exp", tmp_path)
+    assert over == "the 6 trials that ran all their epochs"
     assert set(importances["parameter"]) == {"x", "y"}
     assert importances["valid_MAE"].sum() == pytest.approx(1.0)
     assert importances.iloc[0]["parameter"] == "x"  # it drives the score
@@ -204,7 +205,30 @@ def test_what_mattered_ranks_the_parameters_for_each_objective(tmp_path):
                   "training_iteration": 1, "epoch": 1}
         search.on_trial_result(f"t{index}", result)
         search.on_trial_complete(f"t{index}", result)
-    importances = what_mattered(url, "exp", tmp_path).set_index("parameter")
+    importances = what_mattered(url, "exp", tmp_path)[0].set_index("parameter")
     assert list(importances.columns) == metrics
     assert importances.loc["x", "valid_MAE"] > importances.loc["y", "valid_MAE"]
     assert importances.loc["y", "valid_Corr"] > importances.loc["x", "valid_Corr"]
+
+
+@pytest.mark.parametrize("metrics", [["valid_MAE"], ["valid_MAE", "valid_Corr"]])
+def test_with_one_trial_to_the_end_the_others_compare_at_the_epoch_all_reached(tmp_path,
+                                                                             metrics):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = {"x": tune.uniform(0.0, 1.0), "y": tune.uniform(0.0, 1.0)}
+    search = StudySearch(url=url, study_name="exp", epochs=4, seed=0, concurrent=1,
+                         space=space, metrics=metrics)
+    for index in range(20):
+        config = search.suggest(f"t{index}")
+        score = 1.0 + config["x"] + 0.01 * config["y"]
+        epochs = 4 if index == 0 else 2 + index % 2  # ASHA stopped the others at 2 or 3
+        result = {}
+        for epoch in range(1, epochs + 1):
+            result = {"valid_MAE": score + 1.0 / epoch, "valid_Corr": 0.5,
+                      "training_iteration": epoch, "epoch": epoch}
+            search.on_trial_result(f"t{index}", result)
+        search.on_trial_complete(f"t{index}", result)
+    importances, over = what_mattered(url, "exp", tmp_path)
+    assert over == "all 20 trials at epoch 2, which each of them reached"
+    assert importances.iloc[0]["parameter"] == "x"  # it drives the score
+    assert (tmp_path / "importance.png").exists()

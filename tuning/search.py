@@ -370,13 +370,13 @@ def _show_what_mattered(plan: SearchPlan, stdout) -> None:
         return
     if not _is_uri(plan.experiment):
         name = plan.experiment.rsplit("/", 1)[-1]
-        importances = what_mattered(url, name, Path(plan.experiment))
+        importances, over = what_mattered(url, name, Path(plan.experiment))
         if importances.empty:
-            stdout.print("parameter importances need two trials that ran all their epochs "
-                         "(ASHA stopped the rest early); see history.png")
+            stdout.print("parameter importances need two trials that reported; see "
+                         "history.png")
         else:
-            stdout.print(rich_table(importances, title="what mattered (Optuna's parameter "
-                                    "importances, PED-ANOVA)"))
+            stdout.print(rich_table(importances, title="what mattered: Optuna's parameter "
+                                    f"importances (PED-ANOVA) over {over}"))
             stdout.print(f"wrote {plan.experiment}/importance.png, history.png")
     stdout.print(f"the study, live or later: {dashboard_command(url)}")
 

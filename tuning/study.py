@@ -121,12 +121,49 @@ class StudySearch(OptunaSearch):
         return super().on_trial_complete(trial_id, {**result, **best}, error)
 
 
-def what_mattered(url: str, study_name: str, folder: Path) -> pd.DataFrame:
+def equal_budget_trials(study) -> tuple[list, str]:
+    """The trials whose values compare at one budget, and which they are: those that ran all
+    their epochs when two or more did; else every trial at the last epoch all of them
+    reached (at least the grace period: ASHA stops none before it), with its value there as
+    its own — its best epoch up to then by the first objective, every objective's value at
+    that epoch. Empty when fewer than two trials reported."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    complete = study.get_trials(deepcopy=False, states=(states.COMPLETE,))
+    if len(complete) >= 2:
+        return complete, f"the {len(complete)} trials that ran all their epochs"
+    names = study.metric_names or []
+    curves = []  # (trial, {epoch: values})
+    for trial in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED)):
+        if len(study.directions) == 1:
+            curve = {epoch: [value] for epoch, value in trial.intermediate_values.items()}
+        else:
+            by_metric = trial.user_attrs.get("epochs", {})
+            curve = {int(epoch): [dict(by_metric.get(name, []))[epoch] for name in names]
+                     for epoch, _ in by_metric.get(names[0], [])}
+        if curve:
+            curves.append((trial, curve))
+    if len(curves) < 2:
+        return [], ""
+    budget = min(max(curve) for _, curve in curves)
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1
+    made = []
+    for trial, curve in curves:
+        best = min((epoch for epoch in curve if epoch <= budget),
+                   key=lambda epoch: sign * curve[epoch][0])
+        made.append(optuna.trial.create_trial(params=trial.params,
+                                              distributions=trial.distributions,
+                                              values=curve[best]))
+    return made, f"all {len(made)} trials at epoch {budget}, which each of them reached"
+
+
+def what_mattered(url: str, study_name: str, folder: Path) -> tuple[pd.DataFrame, str]:
     """From the stored study: the optimisation history of its first objective as
-    ``history.png`` and, once two trials have finished with values, Optuna's parameter
-    importances (its default evaluator, PED-ANOVA) as a table with a column per objective,
-    named after its metric, and ``importance.png``, in ``folder``. The table is empty when
-    there are too few."""
+    ``history.png``, and Optuna's parameter importances (its default evaluator, PED-ANOVA)
+    over the trials that compare at one budget (``equal_budget_trials``), as a table with a
+    column per objective named after its metric and as ``importance.png``, in ``folder``.
+    Returns the table (empty when fewer than two trials reported) and what it is over."""
     import warnings
 
     import matplotlib
@@ -138,26 +175,29 @@ def what_mattered(url: str, study_name: str, folder: Path) -> pd.DataFrame:
 
     study = optuna.load_study(study_name=study_name, storage=url)
     names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
-    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     importances = pd.DataFrame(columns=["parameter", *names])
     figures = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if finished:
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             figures["history.png"] = plots.plot_optimization_history(
                 study, target=lambda trial: trial.values[0], target_name=names[0])
-        if len(finished) >= 2:
+        trials, over = equal_budget_trials(study)
+        if trials:
+            compared = optuna.create_study(directions=study.directions)
+            compared.add_trials(trials)
+            compared.set_metric_names(names)
             # Optuna's default evaluator (PED-ANOVA) ranks what leads to low targets: a
             # maximised objective is turned round, as its warning asks.
             warnings.filterwarnings("ignore", message=".*importances of params to achieve")
             signs = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1
                      for d in study.directions]
             found = {name: optuna.importance.get_param_importances(
-                         study, target=lambda trial, i=i: signs[i] * trial.values[i])
+                         compared, target=lambda trial, i=i: signs[i] * trial.values[i])
                      for i, name in enumerate(names)}
             importances = pd.DataFrame(found).rename_axis("parameter").reset_index()
             importances = importances.sort_values(names[0], ascending=False, ignore_index=True)
-            figures["importance.png"] = plots.plot_param_importances(study)
+            figures["importance.png"] = plots.plot_param_importances(compared)
         for name, axes in figures.items():
             figure = axes.figure
             figure.set_size_inches(7, 4.5)
@@ -165,4 +205,4 @@ def what_mattered(url: str, study_name: str, folder: Path) -> pd.DataFrame:
             atomic_write(folder / name, lambda path, f=figure: f.savefig(path, dpi=120,
                                                                          format="png"))
             plt.close(figure)
-    return importances
+    return importances, over
