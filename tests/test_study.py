@@ -212,8 +212,7 @@ def test_what_mattered_ranks_the_parameters_for_each_objective(tmp_path):
 
 
 @pytest.mark.parametrize("metrics", [["valid_MAE"], ["valid_MAE", "valid_Corr"]])
-def test_with_one_trial_to_the_end_the_others_compare_at_the_epoch_all_reached(tmp_path,
-                                                                             metrics):
+def test_with_few_trials_to_the_end_all_compare_at_the_epoch_all_reached(tmp_path, metrics):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     space = {"x": tune.uniform(0.0, 1.0), "y": tune.uniform(0.0, 1.0)}
     search = StudySearch(url=url, study_name="exp", epochs=4, seed=0, concurrent=1,
@@ -221,7 +220,7 @@ def test_with_one_trial_to_the_end_the_others_compare_at_the_epoch_all_reached(t
     for index in range(20):
         config = search.suggest(f"t{index}")
         score = 1.0 + config["x"] + 0.01 * config["y"]
-        epochs = 4 if index == 0 else 2 + index % 2  # ASHA stopped the others at 2 or 3
+        epochs = 4 if index < 3 else 2 + index % 2  # ASHA stopped the others at 2 or 3
         result = {}
         for epoch in range(1, epochs + 1):
             result = {"valid_MAE": score + 1.0 / epoch, "valid_Corr": 0.5,

@@ -123,19 +123,20 @@ class StudySearch(OptunaSearch):
 
 def equal_budget_trials(study) -> tuple[list, str]:
     """The trials whose values compare at one budget, and which they are: those that ran all
-    their epochs when two or more did; else every trial at the last epoch all of them
-    reached (at least the grace period: ASHA stops none before it), with its value there as
-    its own — its best epoch up to then by the first objective, every objective's value at
-    that epoch. Empty when fewer than two trials reported."""
+    their epochs when they are at least two and half of the trials; else every trial at the
+    last epoch all of them reached (at least the grace period: ASHA stops none before it),
+    with its value there as its own — its best epoch up to then by the first objective,
+    every objective's value at that epoch. Empty when fewer than two trials reported."""
     import optuna
 
     states = optuna.trial.TrialState
     complete = study.get_trials(deepcopy=False, states=(states.COMPLETE,))
-    if len(complete) >= 2:
+    ended = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED))
+    if len(complete) >= max(2, len(ended) / 2):
         return complete, f"the {len(complete)} trials that ran all their epochs"
     names = study.metric_names or []
     curves = []  # (trial, {epoch: values})
-    for trial in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED)):
+    for trial in ended:
         if len(study.directions) == 1:
             curve = {epoch: [value] for epoch, value in trial.intermediate_values.items()}
         else:
