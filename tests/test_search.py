@@ -154,6 +154,23 @@ def test_an_existing_experiment_needs_resume(capsys, tiny_mosi, tmp_path):
     assert "pass --resume" in line
 
 
+def test_a_resumed_search_keeps_its_objectives(capsys, tiny_mosi, tmp_path):
+    import optuna
+
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    (experiment / "tuner.pkl").touch()  # an interrupted experiment
+    study = optuna.create_study(study_name="exp", storage=f"sqlite:///{experiment}/study.db",
+                                directions=["minimize", "minimize"])
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        study.set_metric_names(["valid_MAE", "valid_robust_MAE"])
+    capsys.readouterr()  # Optuna's own log line
+    line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--storage", str(tmp_path),
+                             "--name", "exp", "--resume", "--metric", "valid_MAE")
+    assert "optimises valid_MAE and valid_robust_MAE, not valid_MAE" in line
+    assert "--metric valid_MAE --metric valid_robust_MAE" in line
+
+
 def test_a_study_storage_that_is_no_url_fails_before_ray(capsys, tiny_mosi, tmp_path):
     line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--storage", str(tmp_path),
                              "--study-storage", "study.db")

@@ -33,6 +33,7 @@ from tuning.ray_start import sharing_note, start_ray
 from tuning.space import load_space, to_tune, trial_overrides
 from tuning.study import (
     StudySearch,
+    check_same_objectives,
     check_study_url,
     dashboard_command,
     study_url,
@@ -179,8 +180,10 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
         if not args.resume and Path(experiment).exists():
             raise UcrnError(f"{experiment} exists; pass --resume to continue it, or another "
                             "--name")
-    return SearchPlan(args, dataset, base, space, metrics, experiment,
-                      study_url(experiment, args.study_storage))
+    study = study_url(experiment, args.study_storage)
+    if args.resume and study is not None:
+        check_same_objectives(study, experiment.rsplit("/", 1)[-1], metrics)
+    return SearchPlan(args, dataset, base, space, metrics, experiment, study)
 
 
 def _objectives(metrics: list[str], modes: list[str], task: str) -> tuple[str, ...]:

@@ -47,6 +47,23 @@ def check_study_url(url: str) -> None:
                         "sqlite:///path/study.db or postgresql://user@127.0.0.1/ucrn") from None
 
 
+def check_same_objectives(url: str, study_name: str, metrics: tuple[str, ...]) -> None:
+    """A resumed search optimises what its study does: the same ``--metric`` options, in the
+    same order (a study this version did not name, or none yet, is not checked)."""
+    import optuna
+
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return  # nothing to compare with (and SQLite would make an empty file)
+    try:
+        names = optuna.load_study(study_name=study_name, storage=url).metric_names
+    except KeyError:
+        return
+    if names and list(names) != list(metrics):
+        given = " ".join(f"--metric {name}" for name in names)
+        raise UcrnError(f"--resume: this experiment optimises {' and '.join(names)}, not "
+                        f"{' and '.join(metrics)}; resume it with {given}")
+
+
 def dashboard_command(url: str) -> str:
     return f"optuna-dashboard {url}"
 
