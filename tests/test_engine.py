@@ -197,6 +197,12 @@ def test_a_step_over_flat_parameters_is_adam_and_clipping_on_each(mosi):
             loss = output.prediction.sub(1.0).abs().mean() + output.unimodal["a"].square().mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 0.05)  # small enough to clip
+        # The model's gradients landed in the flat one, clipped alike (the norms differ in
+        # their last bits: one sum over all, against a norm of norms) ...
+        each = torch.cat([p.grad.reshape(-1) for p in twin.parameters()])
+        assert torch.allclose(flat.grad, each, rtol=1e-4, atol=1e-9)
+        flat.grad.copy_(each)  # ... which Adam would magnify where a gradient is near 0
+        for _, _, adam in steps:
             adam.step()
     for (name, value), twin_value in zip(model.state_dict().items(),
                                          twin.state_dict().values(), strict=True):
