@@ -359,11 +359,13 @@ def _write_pareto_front(plan: SearchPlan, table, chosen: str, stdout) -> None:
     stdout.print(rich_table(front, title=f"Pareto front of {' and '.join(plan.metrics)}: "
                             f"{len(front)} of {len(table)} trials (validation, each at its "
                             f"best {plan.metric} epoch)"))
+    written = "pareto.csv"
     if not _is_uri(plan.experiment):
         pareto_plot(table, front, list(plan.metrics), chosen,
                     Path(plan.experiment) / "pareto.png")
-    stdout.print(f"wrote {plan.experiment}/pareto.csv, pareto.png; best.json holds "
-                 f"{chosen}, the front's best on {plan.metric}")
+        written += ", pareto.png"
+    stdout.print(f"wrote {plan.experiment}/{written}; best.json holds {chosen}, the front's "
+                 f"best on {plan.metric}")
 
 
 def _show_what_mattered(plan: SearchPlan, stdout) -> None:
