@@ -77,6 +77,11 @@ class SearchPlan:
     def mode(self) -> str:
         return metric_mode(self.metric)
 
+    @property
+    def name(self) -> str:
+        """The experiment's name, which its Optuna study takes too."""
+        return self.experiment.rsplit("/", 1)[-1]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -180,10 +185,11 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
         if not args.resume and Path(experiment).exists():
             raise UcrnError(f"{experiment} exists; pass --resume to continue it, or another "
                             "--name")
-    study = study_url(experiment, args.study_storage)
-    if args.resume and study is not None:
-        check_same_objectives(study, experiment.rsplit("/", 1)[-1], metrics)
-    return SearchPlan(args, dataset, base, space, metrics, experiment, study)
+    plan = SearchPlan(args, dataset, base, space, metrics, experiment,
+                      study_url(experiment, args.study_storage))
+    if args.resume and plan.study is not None:
+        check_same_objectives(plan.study, plan.name, metrics)
+    return plan
 
 
 def _objectives(metrics: list[str], modes: list[str], task: str) -> tuple[str, ...]:
@@ -273,10 +279,10 @@ def _tuner(plan: SearchPlan, resources, searched: list[str]):
     if args.resume:
         return tune.Tuner.restore(plan.experiment, trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
-    storage, name = plan.experiment.rsplit("/", 1)
+    storage = plan.experiment.rsplit("/", 1)[0]
     if plan.study is not None and not args.study_storage:
         Path(plan.experiment).mkdir(parents=True, exist_ok=True)  # study.db goes in it
-    searcher = StudySearch(url=plan.study, study_name=name, metrics=list(plan.metrics),
+    searcher = StudySearch(url=plan.study, study_name=plan.name, metrics=list(plan.metrics),
                            epochs=args.epochs, seed=args.seed, concurrent=args.max_concurrent)
     return tune.Tuner(
         trainable,
@@ -290,7 +296,7 @@ def _tuner(plan: SearchPlan, resources, searched: list[str]):
             num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0, stop=ProgressWatch(args.stall_minutes),
+            name=plan.name, storage_path=storage, verbose=0, stop=ProgressWatch(args.stall_minutes),
             callbacks=[LiveTrialTable(plan.metric, searched, args.epochs)],
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -374,8 +380,7 @@ def _show_what_mattered(plan: SearchPlan, stdout) -> None:
     if url is None:
         return
     if not _is_uri(plan.experiment):
-        name = plan.experiment.rsplit("/", 1)[-1]
-        importances, over = what_mattered(url, name, Path(plan.experiment))
+        importances, over = what_mattered(url, plan.name, Path(plan.experiment))
         if importances.empty:
             stdout.print("parameter importances need two trials that reported; see "
                          "history.png")

@@ -138,6 +138,13 @@ class StudySearch(OptunaSearch):
         return super().on_trial_complete(trial_id, {**result, **best}, error)
 
 
+def _sign(direction) -> int:
+    """+1 for a minimised objective, −1 for a maximised one: values times it are costs."""
+    import optuna
+
+    return 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
+
+
 def equal_budget_trials(study) -> tuple[list, str]:
     """The trials whose values compare at one budget, and which they are: those that ran all
     their epochs when they are at least two and half of the trials; else every trial at the
@@ -157,15 +164,16 @@ def equal_budget_trials(study) -> tuple[list, str]:
         if len(study.directions) == 1:
             curve = {epoch: [value] for epoch, value in trial.intermediate_values.items()}
         else:
-            by_metric = trial.user_attrs.get("epochs", {})
-            curve = {int(epoch): [dict(by_metric.get(name, []))[epoch] for name in names]
-                     for epoch, _ in by_metric.get(names[0], [])}
+            by_metric = {name: dict(pairs)
+                         for name, pairs in trial.user_attrs.get("epochs", {}).items()}
+            curve = {epoch: [by_metric[name][epoch] for name in names]
+                     for epoch in by_metric.get(names[0], {})}
         if curve:
             curves.append((trial, curve))
     if len(curves) < 2:
         return [], ""
     budget = min(max(curve) for _, curve in curves)
-    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1
+    sign = _sign(study.directions[0])
     made = []
     for trial, curve in curves:
         best = min((epoch for epoch in curve if epoch <= budget),
@@ -208,8 +216,7 @@ def what_mattered(url: str, study_name: str, folder: Path) -> tuple[pd.DataFrame
             # Optuna's default evaluator (PED-ANOVA) ranks what leads to low targets: a
             # maximised objective is turned round, as its warning asks.
             warnings.filterwarnings("ignore", message=".*importances of params to achieve")
-            signs = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1
-                     for d in study.directions]
+            signs = [_sign(direction) for direction in study.directions]
             found = {name: optuna.importance.get_param_importances(
                          compared, target=lambda trial, i=i: signs[i] * trial.values[i])
                      for i, name in enumerate(names)}

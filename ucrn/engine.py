@@ -192,12 +192,6 @@ def modality_subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
             for subset in itertools.combinations(modalities, size)]
 
 
-def one_modality_masked(modalities: tuple[str, ...]) -> list[str]:
-    """Table 4's missing-modality conditions: each modality masked in turn (for L, A, V
-    the model sees L+A, L+V and A+V)."""
-    return list(modalities) if len(modalities) > 1 else []
-
-
 def robust_scores(model: UCRN, masked: list[_TaskData], config: Config) -> dict[str, float]:
     """``robust_<metric>``: each metric averaged over the conditions in ``masked``."""
     scores = [_score(model, data, config) for data in masked]
@@ -287,12 +281,12 @@ class _Training:
         self.train = _TaskData(train_split, columns, task, device)
         self.valid = _TaskData(dataset.split("valid"), columns, task, device, modalities)
         self.valid_masked = []  # Table 4 on valid, for the robust_* scores
-        if config.train.score_robust:
-            valid_split = drop_modalities(dataset.split("valid"), modalities)
+        if config.train.score_robust:  # each modality masked in turn: L+A, L+V, A+V
             means = self.model.input_means()
             self.valid_masked = [
-                _TaskData(mask_modalities(valid_split, [m], fill=means), columns, task, device)
-                for m in one_modality_masked(modalities)
+                _TaskData(mask_modalities(self.valid.split, [m], fill=means), columns, task,
+                          device)
+                for m in modalities
             ]
         self.state = TrainingState(config, best_weights=copy.deepcopy(self.model.state_dict()))
         if resume is not None:

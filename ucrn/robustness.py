@@ -12,7 +12,6 @@ percentage drop relative to the unperturbed model.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +19,7 @@ import torch
 from ucrn.config import Config
 from ucrn.data.batches import bernoulli_noise, drop_modalities, mask_modalities
 from ucrn.data.layout import Dataset
-from ucrn.engine import evaluate
+from ucrn.engine import evaluate, modality_subsets
 from ucrn.metrics import mode
 from ucrn.model import UCRN
 
@@ -39,8 +38,7 @@ class Condition:
 def conditions(modalities: tuple[str, ...], with_noise: bool = True) -> list[Condition]:
     """The full model, every proper non-empty subset masked and dropped, noise per modality
     and on all — for a model built on ``modalities``."""
-    subsets = [s for size in range(len(modalities) - 1, 0, -1)
-               for s in itertools.combinations(modalities, size)]
+    subsets = sorted(modality_subsets(modalities), key=len, reverse=True)  # largest first
     result = [Condition("full", modalities)]
     result += [Condition("masked", s) for s in subsets]
     result += [Condition("dropped", s) for s in subsets]
