@@ -80,6 +80,21 @@ def test_urm_keeps_the_last_valid_step_as_if_every_step_were_computed():
     assert torch.allclose(urm(x, n), expected, atol=1e-5)
 
 
+def test_urms_run_together_give_what_each_gives_alone():
+    # Modalities stored with the same steps share one stacked computation; each must see
+    # only its own weights, inputs and padding (here different lengths per modality).
+    model = _model()
+    features, _ = _inputs()
+    lengths = {"l": torch.tensor([12, 9, 5, 1]), "a": torch.tensor([3, 12, 7, 2]), "v": None}
+    together = model.refine_unimodal(features, lengths, ["l", "a", "v"])
+    for m, urm in model.urms.items():
+        assert torch.allclose(together[m], urm(features[m], lengths[m]), atol=1e-5), m
+    unaligned = dict(features, v=torch.randn(4, 20, 20))  # a group of two and one alone
+    apart = model.refine_unimodal(unaligned, lengths, ["l", "a", "v"])
+    assert torch.allclose(apart["v"], model.urms["v"](unaligned["v"], None), atol=1e-5)
+    assert torch.allclose(apart["l"], together["l"], atol=1e-6)
+
+
 def test_without_lengths_the_last_step_is_used():
     model = _model()
     features, _ = _inputs()

@@ -71,6 +71,36 @@ class ByteDropout(nn.Module):
 _INT64 = torch.iinfo(torch.int64)
 
 
+def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The same parameter of G modules as one (G, …) tensor; a view when G is 1."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def block_diagonal(blocks: torch.Tensor) -> torch.Tensor:
+    """(G, H, r, c) blocks → (G, H·r, H·c) block-diagonal matrices, in two operations."""
+    groups, heads, rows, columns = blocks.shape
+    matrix = blocks.new_zeros(groups, heads, rows, heads, columns)
+    torch.diagonal(matrix, dim1=1, dim2=3).copy_(blocks.permute(0, 2, 3, 1))  # (G, r, c, H)
+    return matrix.view(groups, heads * rows, heads * columns)
+
+
+def stacked_linear(layers: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
+    """Each of G linear layers on its own slice of x: (G, N, in) → (G, N, out), one GEMM."""
+    weight = stacked([layer.weight for layer in layers]).transpose(1, 2)  # (G, in, out)
+    bias = stacked([layer.bias for layer in layers]).unsqueeze(1)  # (G, 1, out)
+    return torch.baddbmm(bias, x, weight)
+
+
+def stacked_layer_norm(norms: list[nn.LayerNorm], x: torch.Tensor) -> torch.Tensor:
+    """Each of G layer norms on its own slice of x: (G, N, d) → (G, N, d)."""
+    first = norms[0]
+    if len(norms) == 1:
+        return F.layer_norm(x, first.normalized_shape, first.weight, first.bias, first.eps)
+    weight = stacked([norm.weight for norm in norms]).unsqueeze(1)  # (G, 1, d)
+    bias = stacked([norm.bias for norm in norms]).unsqueeze(1)  # (G, 1, d)
+    return torch.addcmul(bias, F.layer_norm(x, first.normalized_shape, eps=first.eps), weight)
+
+
 class HeadSliceAttention(nn.Module):
     """Eq. (3): each head attends within its own slice of the width, plus a residual."""
 
@@ -90,27 +120,33 @@ class HeadSliceAttention(nn.Module):
         # training at all).
         self.dropout = ByteDropout(dropout)
 
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, last: torch.Tensor | None = None
+    @staticmethod
+    def together(
+        modules: list[HeadSliceAttention], x: torch.Tensor, mask: torch.Tensor | None,
+        last: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, T, d) → (B, T, d); with ``last`` (B,) indices, only those steps: (B, 1, d)."""
-        batch, steps, width = x.shape
-        slices = x.view(batch, steps, self.heads, self.head_width).transpose(1, 2)  # (B,H,T,dh)
+        """G modules, each on its own slice of x: (G, B, T, d) → (G, B, T, d); with ``last``
+        (G·B,) indices, only those steps: (G, B, 1, d)."""
+        first = modules[0]
+        groups, batch, steps, width = x.shape
+        heads, head_width = first.heads, first.head_width
         # One GEMM with the block-diagonal matrix is faster than a batched matmul per head.
-        weight = torch.block_diag(*self.qkv_weight.unbind(0))  # (3d, d)
-        qkv = F.linear(x, weight, self.qkv_bias)  # (B, T, 3d)
-        qkv = qkv.view(batch, steps, self.heads, 3 * self.head_width).transpose(1, 2)
-        query, key, value = qkv.chunk(3, dim=-1)  # each (B, H, T, dh)
+        weight = block_diagonal(stacked([m.qkv_weight for m in modules]))  # (G, 3d, d)
+        bias = stacked([m.qkv_bias for m in modules]).unsqueeze(1)  # (G, 1, 3d)
+        qkv = torch.baddbmm(bias, x.view(groups, batch * steps, width), weight.transpose(1, 2))
+        qkv = qkv.view(groups * batch, steps, heads, 3 * head_width).transpose(1, 2)
+        query, key, value = qkv.chunk(3, dim=-1)  # each (G·B, H, T, dh)
+        slices = x.view(groups * batch, steps, heads, head_width).transpose(1, 2)
         if last is not None:  # only the pooled step is needed from the last layer (eq. 6)
-            rows = torch.arange(batch, device=x.device)
-            query = query[rows, :, last].unsqueeze(2)  # (B, H, 1, dh)
-            slices = slices[rows, :, last].unsqueeze(2)  # (B, H, 1, dh)
+            rows = torch.arange(groups * batch, device=x.device)
+            query = query[rows, :, last].unsqueeze(2)  # (G·B, H, 1, dh)
+            slices = slices[rows, :, last].unsqueeze(2)  # (G·B, H, 1, dh)
         attended = F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )  # (B, H, T or 1, dh)
-        joined = self.dropout(attended) + slices
-        return joined.transpose(1, 2).reshape(batch, joined.shape[2], width)  # ⊕ over heads
+            dropout_p=first.attention_dropout if first.training else 0.0,
+        )  # (G·B, H, T or 1, dh)
+        joined = first.dropout(attended) + slices
+        return joined.transpose(1, 2).reshape(groups, batch, joined.shape[2], width)  # ⊕ heads
 
 
 class RefinementLayer(nn.Module):
@@ -135,10 +171,26 @@ class RefinementLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, last: torch.Tensor | None = None
     ) -> torch.Tensor:
-        heads = self.attention(x, mask, last)  # eq. (3)  (B, T, d), or (B, 1, d) with last
-        x_hat = self.fc1(heads)  # eq. (4)
-        hidden = F.relu(self.fc2(self.norm(x_hat)))  # (B, T, ffn·d)
-        return self.dropout(self.fc3(hidden)) + x_hat  # eq. (5)
+        """(B, T, d) → (B, T, d); with ``last`` (B,) indices, only those steps: (B, 1, d)."""
+        return RefinementLayer.together([self], x.unsqueeze(0), mask, last).squeeze(0)
+
+    @staticmethod
+    def together(
+        layers: list[RefinementLayer], x: torch.Tensor, mask: torch.Tensor | None,
+        last: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """G layers, each on its own slice of x, as one computation of a third of the
+        operations for three: (G, B, T, d) → (G, B, T, d), or (G, B, 1, d) with ``last``."""
+        groups, batch = x.shape[:2]
+        heads = HeadSliceAttention.together([layer.attention for layer in layers], x, mask,
+                                            last)  # eq. (3)  (G, B, T or 1, d)
+        steps = heads.shape[2]
+        heads = heads.view(groups, batch * steps, -1)  # (G, N, d)
+        x_hat = stacked_linear([layer.fc1 for layer in layers], heads)  # eq. (4)
+        normed = stacked_layer_norm([layer.norm for layer in layers], x_hat)
+        hidden = F.relu(stacked_linear([layer.fc2 for layer in layers], normed))  # (G, N, ffn·d)
+        out = layers[0].dropout(stacked_linear([layer.fc3 for layer in layers], hidden)) + x_hat
+        return out.view(groups, batch, steps, -1)  # eq. (5)
 
 
 class InputStandardisation(nn.Module):
@@ -175,22 +227,36 @@ class URM(nn.Module):
         return table[:steps]  # (T, d)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        if lengths is not None:  # padding after the batch's longest sequence changes nothing
-            x = x[:, : max(1, int(lengths.max()))]
-        batch, steps, _ = x.shape
-        hidden = self.projection(self.standardise(x))  # eq. (2)  (B, T, d)
-        if lengths is None:
-            last = torch.full((batch,), steps - 1, device=x.device)  # (B,)
-        else:
-            last = (lengths.clamp(1, steps) - 1).to(torch.long)  # (B,) last valid step
-        if not self.layers:
-            return hidden[torch.arange(batch, device=x.device), last]  # (B, d)
-        hidden = self.dropout(hidden + self._positions(steps, x.device))
-        mask = key_padding_mask(lengths, steps)
-        for layer in self.layers[:-1]:
-            hidden = layer(hidden, mask)  # (B, T, d)
+        """(B, T, d_m) → x^U_m (B, d)."""
+        return URM.together([self], [x], [lengths])[0]
+
+    @staticmethod
+    def together(
+        urms: list[URM], inputs: list[torch.Tensor], lengths: list[torch.Tensor | None]
+    ) -> list[torch.Tensor]:
+        """The URMs of modalities stored with the same number of steps, as one stacked
+        computation (the same result as one by one, with a third of the operations for
+        three): x^U_m (B, d) for each."""
+        batch, device = len(inputs[0]), inputs[0].device
+        full = torch.full((batch,), inputs[0].shape[1], device=device)
+        valid = torch.stack([full if n is None else n.long() for n in lengths])  # (G, B)
+        # Padding after the group's longest sequence changes nothing: cut it.
+        steps = max(1, int(valid.max()))
+        hidden = torch.stack([urm.projection(urm.standardise(x[:, :steps]))
+                              for urm, x in zip(urms, inputs, strict=True)])  # eq. (2)
+        last = (valid.clamp(1, steps) - 1).to(torch.long)  # (G, B) last valid step
+        first = urms[0]
+        if not first.layers:
+            rows = torch.arange(batch, device=device)
+            return [h[rows, n] for h, n in zip(hidden, last, strict=True)]  # (B, d) each
+        hidden = first.dropout(hidden + first._positions(steps, device))
+        mask = key_padding_mask(valid.flatten(), steps)  # (G·B, 1, 1, T)
+        for depth in range(len(first.layers) - 1):
+            hidden = RefinementLayer.together([urm.layers[depth] for urm in urms], hidden, mask)
         # Eq. (6): the last time step; the last layer computes that step alone.
-        return self.layers[-1](hidden, mask, last).squeeze(1)  # (B, d)
+        pooled = RefinementLayer.together([urm.layers[-1] for urm in urms], hidden, mask,
+                                          last.flatten())  # (G, B, 1, d)
+        return list(pooled.squeeze(2).unbind(0))
 
 
 class SQIL(nn.Module):
@@ -271,6 +337,22 @@ class UCRN(nn.Module):
         """The train means of the inputs (d_m,): what a masked modality is filled with."""
         return {m: urm.standardise.mean.detach().cpu() for m, urm in self.urms.items()}
 
+    def refine_unimodal(
+        self, features: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor | None],
+        present: list[str],
+    ) -> dict[str, torch.Tensor]:
+        """x^U_m for each present modality; modalities stored with the same number of steps
+        (all of them in aligned data) run their URMs as one stacked computation."""
+        by_steps: dict[int, list[str]] = {}
+        for modality in present:
+            by_steps.setdefault(features[modality].shape[1], []).append(modality)
+        unimodal: dict[str, torch.Tensor] = {}
+        for group in by_steps.values():
+            outputs = URM.together([self.urms[m] for m in group], [features[m] for m in group],
+                                   [lengths.get(m) for m in group])
+            unimodal.update(zip(group, outputs, strict=True))
+        return {m: unimodal[m] for m in present}
+
     def forward(
         self,
         features: dict[str, torch.Tensor],
@@ -282,7 +364,7 @@ class UCRN(nn.Module):
                 f"model takes a non-empty subset of {self.config.modalities}, got {list(features)}"
             )
         lengths = lengths or {}
-        unimodal = {m: self.urms[m](features[m], lengths.get(m)) for m in present}  # x^U_m
+        unimodal = self.refine_unimodal(features, lengths, present)  # x^U_m
         tokens = self.sqil(torch.stack([unimodal[m] for m in present], dim=1))  # (B, M, d)
         index = torch.tensor([MODALITIES.index(m) for m in present], device=tokens.device)
         fused = self.crm(tokens, index)  # x^C_j  (B, d)
