@@ -140,3 +140,13 @@ def test_dropout_drops_about_p_and_keeps_the_expectation():
     assert (out == 0).float().mean().item() == pytest.approx(26 / 256, abs=0.005)
     assert out.mean().item() == pytest.approx(1.0, abs=0.01)
     assert torch.equal(dropout.eval()(torch.ones(10)), torch.ones(10))
+
+
+def test_dropout_drops_exactly_the_elements_whose_random_byte_is_below_its_threshold():
+    x = torch.randn(3, 7, 5)
+    torch.manual_seed(1)
+    out = ByteDropout(0.1).train()(x)
+    torch.manual_seed(1)
+    draws = torch.randint(-2**63, 2**63 - 1, ((x.numel() + 7) // 8,), dtype=torch.int64)
+    kept = draws.view(torch.uint8)[:x.numel()].view(x.shape) >= 26
+    assert torch.equal(out, torch.where(kept, x * (256 / 230), torch.zeros(())))
