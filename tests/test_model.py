@@ -95,6 +95,20 @@ def test_urms_run_together_give_what_each_gives_alone():
     assert torch.allclose(apart["l"], together["l"], atol=1e-6)
 
 
+def test_long_sequences_run_in_halves_sorted_by_length_with_the_same_result(monkeypatch):
+    import ucrn.model
+
+    model = _model()
+    features, _ = _inputs(batch=4, steps=12)
+    lengths = {m: torch.tensor([3, 12, 1, 7]) for m in features}  # unsorted on purpose
+    whole = model(features, lengths)
+    monkeypatch.setattr(ucrn.model, "LONG_STEPS", 4)  # 12 steps now count as long
+    halves = model(features, lengths)
+    assert torch.allclose(halves.prediction, whole.prediction, atol=1e-5)
+    for m in features:
+        assert torch.allclose(halves.unimodal[m], whole.unimodal[m], atol=1e-5)
+
+
 def test_without_lengths_the_last_step_is_used():
     model = _model()
     features, _ = _inputs()

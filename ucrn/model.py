@@ -206,6 +206,9 @@ class InputStandardisation(nn.Module):
         return (x - self.mean) / self.scale  # (B, T, d_m)
 
 
+LONG_STEPS = 256  # above this, a URM's batch runs in two halves on the CPU (measured there)
+
+
 class URM(nn.Module):
     """Eq. (2)–(6): project one modality to width d, refine it, keep the last valid step."""
 
@@ -232,7 +235,8 @@ class URM(nn.Module):
 
     @staticmethod
     def together(
-        urms: list[URM], inputs: list[torch.Tensor], lengths: list[torch.Tensor | None]
+        urms: list[URM], inputs: list[torch.Tensor], lengths: list[torch.Tensor | None],
+        halve_long: bool = True,
     ) -> list[torch.Tensor]:
         """The URMs of modalities stored with the same number of steps, as one stacked
         computation (the same result as one by one, with a third of the operations for
@@ -240,6 +244,16 @@ class URM(nn.Module):
         batch, device = len(inputs[0]), inputs[0].device
         full = torch.full((batch,), inputs[0].shape[1], device=device)
         valid = torch.stack([full if n is None else n.long() for n in lengths])  # (G, B)
+        if halve_long and device.type == "cpu" and inputs[0].shape[1] > LONG_STEPS and batch > 1:
+            # Long sequences run as two halves sorted by length, each cut to its own longest:
+            # the short half skips most of its padding, and attention costs T². Exact, as no
+            # sample sees another; on the CPU only, where the work outweighs the extra calls.
+            order = valid.max(dim=0).values.argsort()  # (B,) shortest first
+            halves = [URM.together(urms, [x[rows] for x in inputs], list(valid[:, rows]),
+                                   halve_long=False)
+                      for rows in order.tensor_split(2)]
+            restore = order.argsort()
+            return [torch.cat(parts)[restore] for parts in zip(*halves, strict=True)]
         # Padding after the group's longest sequence changes nothing: cut it.
         steps = max(1, int(valid.max()))
         hidden = torch.stack([urm.projection(urm.standardise(x[:, :steps]))
