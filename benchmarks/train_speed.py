@@ -178,7 +178,6 @@ def main() -> None:
           f"{', '.join(f'{s:.2f}' for s in train_seconds)})")
     print(f"evaluation: {eval_rate:8.1f} samples/s")
     print(f"peak memory (RSS): {peak_mib:.0f} MiB")
-    kind = "unaligned" if max(int(t) for t in steps.split("/")) > 50 else "aligned"
     if mult:
         median = statistics.median(mult_seconds)
         extrapolated = f", each from {args.mult_batches} batches" if args.mult_batches else ""
@@ -188,6 +187,7 @@ def main() -> None:
               f"{', '.join(f'{s:.2f}' for s in mult_seconds)}) → UCRN "
               f"{median / epoch_seconds:.1f}× faster")
         return
+    kind = "unaligned" if max(int(t) for t in steps.split("/")) > 50 else "aligned"
     low, high = MULT_EPOCH_SECONDS[kind]
     span = f"{low:g}" if low == high else f"{low:g}–{high:g}"
     faster = (f"{low / epoch_seconds:.1f}" if low == high

@@ -206,7 +206,7 @@ class InputStandardisation(nn.Module):
         return (x - self.mean) / self.scale  # (B, T, d_m)
 
 
-LONG_STEPS = 256  # above this, a URM's batch runs in two halves on the CPU (measured there)
+LONG_STEPS = 256  # longer batches run a URM in two halves on the CPU (measured there)
 
 
 class URM(nn.Module):
@@ -244,7 +244,9 @@ class URM(nn.Module):
         batch, device = len(inputs[0]), inputs[0].device
         full = torch.full((batch,), inputs[0].shape[1], device=device)
         valid = torch.stack([full if n is None else n.long() for n in lengths])  # (G, B)
-        if halve_long and device.type == "cpu" and inputs[0].shape[1] > LONG_STEPS and batch > 1:
+        # Padding after the group's longest sequence changes nothing: cut it.
+        steps = max(1, int(valid.max()))
+        if halve_long and device.type == "cpu" and steps > LONG_STEPS and batch > 1:
             # Long sequences run as two halves sorted by length, each cut to its own longest:
             # the short half skips most of its padding, and attention costs T². Exact, as no
             # sample sees another; on the CPU only, where the work outweighs the extra calls.
@@ -254,8 +256,6 @@ class URM(nn.Module):
                       for rows in order.tensor_split(2)]
             restore = order.argsort()
             return [torch.cat(parts)[restore] for parts in zip(*halves, strict=True)]
-        # Padding after the group's longest sequence changes nothing: cut it.
-        steps = max(1, int(valid.max()))
         hidden = torch.stack([urm.projection(urm.standardise(x[:, :steps]))
                               for urm, x in zip(urms, inputs, strict=True)])  # eq. (2)
         last = (valid.clamp(1, steps) - 1).to(torch.long)  # (G, B) last valid step
