@@ -21,17 +21,18 @@ LOG_2 = math.log(2.0)
 
 
 def jensen_shannon(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """Eq. (7): D_M(α, β) between softmax(logits) over the last axis, per row.
+    """Eq. (7): D_M(α, β) between softmax(logits) over the last axis, per row (any leading
+    axes).
 
     Computed in log space, so it stays finite (and its gradient too) when a softmax saturates.
     Bounded by ln 2; zero exactly when the two distributions are equal.
     """
-    log_p = F.log_softmax(logits_a, dim=-1)  # (B, d)
-    log_q = F.log_softmax(logits_b, dim=-1)  # (B, d)
-    log_mixture = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - LOG_2  # log (p+q)/2
+    log_p = F.log_softmax(logits_a, dim=-1)  # (…, d)
+    log_q = F.log_softmax(logits_b, dim=-1)  # (…, d)
+    log_mixture = torch.logaddexp(log_p, log_q) - LOG_2  # log (p+q)/2
     kl_p = torch.sum(log_p.exp() * (log_p - log_mixture), dim=-1)
     kl_q = torch.sum(log_q.exp() * (log_q - log_mixture), dim=-1)
-    return 0.5 * (kl_p + kl_q)  # (B,)
+    return 0.5 * (kl_p + kl_q)  # (…,)
 
 
 def multimodal_js(unimodal: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -43,7 +44,10 @@ def multimodal_js(unimodal: dict[str, torch.Tensor]) -> torch.Tensor:
     if not pairs:
         first = next(iter(unimodal.values()))
         return first.new_zeros(())
-    return sum(jensen_shannon(unimodal[a], unimodal[b]).mean() for a, b in pairs)
+    # Every pair in one call (a third of the operations for three modalities).
+    firsts = torch.stack([unimodal[a] for a, _ in pairs])  # (P, B, d)
+    seconds = torch.stack([unimodal[b] for _, b in pairs])  # (P, B, d)
+    return jensen_shannon(firsts, seconds).mean(dim=1).sum()
 
 
 def task_loss(prediction: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
