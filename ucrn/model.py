@@ -36,9 +36,9 @@ def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
     return table
 
 
-def key_padding_mask(lengths: torch.Tensor | None, steps: int) -> torch.Tensor | None:
+def key_padding_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor | None:
     """``True`` where a key may be attended: (B, 1, 1, T), or None when nothing is padded."""
-    if lengths is None or bool((lengths >= steps).all()):
+    if bool((lengths >= steps).all()):
         return None
     valid = torch.arange(steps, device=lengths.device) < lengths.unsqueeze(1)  # (B, T)
     return valid[:, None, None, :]
