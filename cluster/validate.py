@@ -57,12 +57,16 @@ def validate_cluster_config(config: dict[str, Any], name: str = "config") -> dic
         message = getattr(error, "message", None) or str(error)
         raise ClusterConfigError(f"{name}: {type(error).__name__}: {message}") from None
     if config.get("provider", {}).get("type") != "local":
-        setup = " ".join(prepared.get("setup_commands", []))
-        if PROJECT_SETUP_MARKER not in setup:
-            raise ClusterConfigError(
-                f"{name}: the setup commands in effect are not the project's (no "
-                f"'{PROJECT_SETUP_MARKER}'); is setup_commands misspelled?"
-            )
+        for key in ("setup_commands", "head_setup_commands", "worker_setup_commands"):
+            if key not in config:
+                raise ClusterConfigError(
+                    f"{name}: no {key}, so Ray's default ones would run instead of the "
+                    "project's; is it misspelled?")
+        for key in ("head_setup_commands", "worker_setup_commands"):
+            if PROJECT_SETUP_MARKER not in " ".join(prepared.get(key, [])):
+                raise ClusterConfigError(
+                    f"{name}: {key} in effect do not install the project (no "
+                    f"'{PROJECT_SETUP_MARKER}')")
     return prepared
 
 

@@ -209,3 +209,44 @@ def test_a_step_over_flat_parameters_is_adam_and_clipping_on_each(mosi):
         assert torch.allclose(value, twin_value, atol=1e-6), name
     assert not torch.equal(model.urms["l"].projection.weight,
                            start["urms.l.projection.weight"])  # the steps moved it
+
+
+def test_a_training_state_carries_the_gpus_random_state_and_reads_states_without_it():
+    state = TrainingState(Config(), cuda_rng=[torch.tensor([1, 2, 3], dtype=torch.uint8)])
+    again = TrainingState.from_dict(state.to_dict())
+    assert torch.equal(again.cuda_rng[0], state.cuda_rng[0])
+    older = state.to_dict()
+    del older["cuda_rng"]  # written before the GPU's state was kept
+    assert TrainingState.from_dict(older).cuda_rng is None
+
+
+def test_the_device_footprint_counts_the_splits_a_run_moves_to_its_device(mosi):
+    from ucrn.footprint import data_bytes, training_device_bytes
+
+    config = prepare_config(_config(), mosi)
+
+    def nbytes(name):
+        split = mosi.split(name)
+        tensors = [*split.features.values(), split.labels,
+                   *(t for t in split.lengths.values() if t is not None)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    moved = nbytes("train") + nbytes("valid")
+    assert data_bytes(config, mosi) == moved
+    robust = apply_overrides(config, {"score_robust": True})
+    assert data_bytes(robust, mosi) == moved + 3 * nbytes("valid")  # a masked copy each
+    params = 1000
+    on_cpu = training_device_bytes(config, mosi, params, on_gpu=False)
+    assert training_device_bytes(config, mosi, params) > on_cpu > moved
+
+
+def test_a_run_scored_where_it_trained_holds_every_condition_and_its_selection(mosi):
+    from ucrn.robustness import scored_run
+
+    result = fit(_config(epochs=1), mosi, score_test=False)
+    record = scored_run(result, mosi, perturb=True, noise=0.5, noise_seed=3, device="cpu")
+    expected = score_conditions(result.model, mosi, result.config, noise=0.5, noise_seed=3)
+    assert record["conditions"] == expected and record["test"] == expected["full"]
+    assert record["valid"] == result.valid and record["best_epoch"] == result.best_epoch
+    only_test = scored_run(result, mosi, perturb=False, noise=0.5, noise_seed=3)
+    assert list(only_test["conditions"]) == ["full"]

@@ -154,3 +154,23 @@ def test_evaluation_end_to_end_tables_agree_with_the_per_seed_files(ray_session,
     assert all(after[name] == before[name] for name in after if name != "no_crm-seed1.json")
     assert not math.isnan(pd.read_csv(out / "ablation.csv")["MAE std"][1])
     assert "for the 1 run this invocation made" in (out / "REPORT.md").read_text()
+
+
+def test_the_driver_writes_the_scores_its_trial_reported_and_scores_nothing_itself(tmp_path):
+    from types import SimpleNamespace
+
+    from tuning.evaluate import RecordRuns
+
+    scored = {"best_epoch": 2, "epochs": 3, "params": 10, "valid": {"MAE": 0.9},
+              "test": {"MAE": 1.0}, "conditions": {"full": {"MAE": 1.0}}, "config": {}}
+    plan = SimpleNamespace(out=tmp_path)  # no data: the driver could not score if it tried
+    recorder = RecordRuns(plan)
+    trial = SimpleNamespace(config={"run": {"variant": "full", "seed": 4}},
+                            last_result={"done": True, "run_record": json.dumps(scored)})
+    recorder.on_trial_complete(0, [], trial)
+    written = json.loads((tmp_path / "runs" / "full-seed4.json").read_text())
+    assert written == {"variant": "full", "seed": 4, **scored}
+    unscored = SimpleNamespace(config={"run": {"variant": "full", "seed": 5}},
+                               last_result={"done": True})
+    recorder.on_trial_complete(0, [], unscored)
+    assert recorder.failed == ["full-seed5: its trial reported no scores"]

@@ -96,13 +96,14 @@ def test_data_parallel_workers_on_a_shared_gpu_fail_before_ray(capsys, tiny_mosi
 def test_data_parallel_workers_get_whole_gpus_by_default():
     from types import SimpleNamespace
 
+    from tuning.capacity import Capacity
     from tuning.trials import resources_for
 
     def args(workers):
         return SimpleNamespace(gpus_per_worker=None, cpus_per_worker=1.0, max_concurrent=2,
                                workers_per_trial=workers, max_failures=2)
 
-    with_gpu, without = SimpleNamespace(cpus=16, gpus=4), SimpleNamespace(cpus=16, gpus=0)
+    with_gpu, without = Capacity(cpus=16, gpus=4), Capacity(cpus=16, gpus=0)
     assert resources_for(args(1), with_gpu).gpus_per_worker == 0.25
     assert resources_for(args(2), with_gpu).gpus_per_worker == 1.0
     assert resources_for(args(2), without).gpus_per_worker == 0.0

@@ -16,15 +16,18 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
     cluster = parser.add_argument_group("cluster and storage")
     cluster.add_argument("--address", help="a running Ray cluster (default: $RAY_ADDRESS, "
                          "else a local Ray on 127.0.0.1)")
-    cluster.add_argument("--max-concurrent", type=int, default=2,
-                         help="trials at once (default 2)")
+    cluster.add_argument("--max-concurrent", type=int,
+                         help="trials at once (default: as many as the cluster's GPUs hold, "
+                         "those its autoscaler can add included, at --gpus-per-worker each; "
+                         "2 without GPUs)")
     cluster.add_argument("--workers-per-trial", type=int, default=1,
                          help="Ray Train workers (DDP) per trial")
     cluster.add_argument("--cpus-per-worker", type=float,
                          help="default: the cluster's CPUs shared by the concurrent trials")
     cluster.add_argument("--gpus-per-worker", type=float,
-                         help="e.g. 0.25 packs four trials on a GPU (default with GPUs: 0.25 "
-                         "for one worker per trial, 1 for data parallelism; without: 0)")
+                         help="e.g. 0.25 packs four trials on a GPU (default when the cluster "
+                         "has GPUs or its autoscaler can add some: 0.25 for one worker per "
+                         "trial, 1 for data parallelism; else 0)")
     cluster.add_argument("--max-failures", type=int, default=2,
                          help="restarts of a failed trial from its last checkpoint")
     cluster.add_argument("--stall-minutes", type=float, default=30.0,
@@ -36,7 +39,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
 def check_cluster_arguments(args: argparse.Namespace) -> None:
     """Refuse, before Ray starts, resources no trial can use."""
     for name in ("max_concurrent", "workers_per_trial"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UcrnError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
     if args.max_failures < 0:
         raise UcrnError(f"--max-failures {args.max_failures}: give 0 or more")

@@ -33,7 +33,7 @@ from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.figures import robustness_bars, seed_strip_plot
-from tuning.progress import ProgressWatch, check_ran_to_end
+from tuning.progress import ProgressWatch, TrialUserErrors, check_ran_to_end
 from tuning.ray_start import sharing_note, start_ray
 from tuning.tables import (
     condition_table,
@@ -44,7 +44,7 @@ from tuning.tables import (
     summary_table,
 )
 from tuning.tables import console as table_console
-from tuning.trials import make_trainable, resources_for, trial_state
+from tuning.trials import make_trainable, plan_trials
 from ucrn.config import ABLATIONS, Config, apply_overrides, config_from_options
 from ucrn.data.layout import Dataset
 from ucrn.data.synthetic import data_or_default
@@ -53,11 +53,10 @@ from ucrn.errors import UcrnError, exit_status
 from ucrn.files import atomic_write, check_directory
 from ucrn.metrics import is_better
 from ucrn.model import UCRN, count_parameters
-from ucrn.robustness import drop_percent, score_conditions
-from ucrn.state import TrainingState
+from ucrn.robustness import drop_percent
 from ucrn.tasks import TASKS, get_task, metric_names
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log keeps each line whole
 FULL = "full"
 DEFAULT_BASELINES = Path(__file__).resolve().parent / "baselines" / "paper.csv"
 PAPER_PARAMETERS = {"trimodal": 422_401, "bimodal": 211_681}
@@ -191,24 +190,25 @@ def finished_runs(out: Path) -> dict[str, dict]:
     return records
 
 
-def record_run(plan: EvaluationPlan, variant: str, seed: int, state: TrainingState) -> dict:
-    """Score a finished run's selected checkpoint on test (once per condition), save it."""
-    model, config = state.selected_model(), state.config
-    conditions = score_conditions(model, plan.dataset, config, perturb=variant == FULL,
-                                  noise=plan.args.noise, noise_seed=seed, device="cpu")
-    record = {
-        "variant": variant, "seed": seed, "best_epoch": state.best_epoch,
-        "epochs": state.epoch, "params": count_parameters(model), "valid": state.best_valid(),
-        "test": conditions["full"], "conditions": conditions, "config": config.to_dict(),
-    }
+def record_run(plan: EvaluationPlan, variant: str, seed: int, scored: dict) -> dict:
+    """Save a finished run's record: what its trial scored (``ucrn.robustness.scored_run``:
+    test once per condition, on the trial's device), under its variant and seed."""
+    record = {"variant": variant, "seed": seed, **scored}
     runs = check_directory(plan.out / "runs", "--out")
     atomic_write(runs / f"{run_key(variant, seed)}.json",
                  lambda path: Path(path).write_text(json.dumps(record, indent=1) + "\n"))
     return record
 
 
+def final_scoring(variant: str, seed: int, noise: float) -> dict[str, Any]:
+    """How a run's trial scores its selected model at its end: every robustness condition
+    for the full model (Bernoulli ``noise`` seeded by the run's seed), test alone for an
+    ablation."""
+    return {"perturb": variant == FULL, "noise": noise, "noise_seed": seed}
+
+
 class RecordRuns(Callback):
-    """Records each run as soon as its trial ends (in the driver, which holds the data)."""
+    """Records each run as soon as its trial ends; the trial scored it, the driver writes."""
 
     def __init__(self, plan: EvaluationPlan):
         self.plan = plan
@@ -222,8 +222,10 @@ class RecordRuns(Callback):
         if not trial.last_result.get("done"):
             return  # stopped before its last epoch (the run stalled, or Ctrl-C): still pending
         try:
-            record_run(self.plan, variant, seed, trial_state(trial.last_result,
-                                                             trial.checkpoint))
+            scored = trial.last_result.get("run_record")
+            if not scored:
+                raise RuntimeError("its trial reported no scores")
+            record_run(self.plan, variant, seed, json.loads(scored))
             console.print(f"  finished {run_key(variant, seed)}")
         except Exception as error:  # noqa: BLE001 - noted; the other runs go on
             self.failed.append(f"{run_key(variant, seed)}: {error}")
@@ -236,37 +238,40 @@ class RecordRuns(Callback):
 def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
     """Train the pending runs as one Tune experiment; record each as soon as it ends."""
     session = start_ray(plan.args.address)
-    resources = resources_for(plan.args, session)
-    console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard "
-                  f"{session.dashboard_url or '—'} · {len(pending)} runs, "
-                  f"{plan.args.max_concurrent} at once")
+    resources, waits = plan_trials(plan.args, session, plan.base, plan.dataset, console.print)
+    console.print(f"{len(pending)} runs, {resources.concurrent} at once, each with "
+                  f"{resources.cpus_per_worker:g} CPU and {resources.gpus_per_worker:g} GPU per "
+                  "worker")
     if note := sharing_note(session):
         console.print(note)
-    base = plan.base
+    base, noise = plan.base, plan.args.noise  # the trainable must not capture the plan's data
     trainable = make_trainable(
         base, ray.put(plan.dataset), resources, str(plan.out / "ray" / "train"),
         overrides_of=lambda trial: run_overrides(trial["run"]["variant"], trial["run"]["seed"]),
         run_name_of=lambda trial, _: run_key(trial["run"]["variant"], trial["run"]["seed"]),
+        final_scoring_of=lambda trial: final_scoring(trial["run"]["variant"],
+                                                     trial["run"]["seed"], noise),
     )
     recorder = RecordRuns(plan)
     tuner = tune.Tuner(
         trainable,
         param_space={"run": tune.grid_search(
             [{"variant": variant, "seed": seed} for variant, seed in pending])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=plan.args.max_concurrent),
+        tune_config=tune.TuneConfig(max_concurrent_trials=resources.concurrent),
         run_config=tune.RunConfig(
             name=time.strftime("evaluate-%Y%m%d-%H%M%S"), storage_path=str(plan.out / "ray"),
-            callbacks=[recorder], verbose=0, stop=ProgressWatch(plan.args.stall_minutes),
+            callbacks=[recorder, TrialUserErrors(), *waits], verbose=0,
+            stop=ProgressWatch(plan.args.stall_minutes),
             failure_config=tune.FailureConfig(max_failures=plan.args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
     grid = tuner.fit()
+    check_ran_to_end(grid.num_terminated + grid.num_errors, len(pending),
+                     "rerun the same command to continue")
     if recorder.failed:
         raise UcrnError(f"{len(recorder.failed)} run(s) did not finish "
                         f"({'; '.join(recorder.failed)}); rerun the same command to retry them")
-    check_ran_to_end(grid.num_terminated + grid.num_errors, len(pending),
-                     "rerun the same command to continue")
 
 
 # -------------------------------------------------------------------------------- tables

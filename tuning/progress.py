@@ -9,9 +9,10 @@ or write a report; ``check_ran_to_end`` tells them apart.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import ClassVar
 
-from ray.tune import Stopper
+from ray.tune import Callback, Stopper
 
 from ucrn.errors import UcrnError
 
@@ -43,6 +44,8 @@ class ProgressWatch(Stopper):
         return False  # a trial is never stopped for reporting
 
     def stop_all(self) -> bool:
+        if TrialUserErrors.message is not None:
+            return True
         now = self.clock()
         if self.last_progress is None:
             self.last_progress = now
@@ -58,6 +61,8 @@ def check_ran_to_end(finished: int, expected: int, how_to_continue: str) -> None
     A stalled experiment fails with one line; otherwise an experiment that ended early was
     interrupted by the user, and ``KeyboardInterrupt`` carries that to the command's exit.
     """
+    if TrialUserErrors.message is not None:
+        raise UcrnError(TrialUserErrors.message)
     if ProgressWatch.stalled_after is not None:
         raise UcrnError(
             f"no trial reported for {ProgressWatch.stalled_after:g} minutes, so the experiment "
@@ -66,3 +71,62 @@ def check_ran_to_end(finished: int, expected: int, how_to_continue: str) -> None
         )
     if finished < expected:
         raise KeyboardInterrupt
+
+
+def user_error_in(error: BaseException | None) -> str | None:
+    """The message of the ``UcrnError`` a trial raised, from the error Tune kept for it
+    (Ray wraps it in a ``RayTaskError`` whose ``cause`` is the original)."""
+    for _ in range(5):
+        if error is None:
+            return None
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, BaseException):
+            error = cause
+            continue
+        if isinstance(error, UcrnError):
+            return str(error).strip().splitlines()[0] if str(error).strip() else None
+        error = error.__cause__
+    return None
+
+
+class TrialUserErrors(Callback):
+    """Ends the experiment at the first trial that fails with a ``UcrnError`` — a mistake
+    or a node that cannot run trials (a GPU torch cannot use, too little GPU memory): every
+    retry and every other trial would fail alike. ``check_ran_to_end`` then raises it as the
+    command's one line. The message is kept on the class, as ``ProgressWatch`` keeps its."""
+
+    message: ClassVar[str | None] = None
+
+    def __init__(self):
+        type(self).message = None
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        pass  # a copy made while the experiment runs keeps the verdict; a new process has none
+
+    def _seen(self, trial) -> None:
+        if type(self).message is None:
+            type(self).message = user_error_in(_trial_error(trial))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._seen(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._seen(trial)
+
+
+def _trial_error(trial) -> BaseException | None:
+    """The error a trial just failed with: Tune pickles it into the trial's local folder
+    before it calls the callbacks, and copies it to the experiment's storage later."""
+    from ray import cloudpickle
+
+    try:
+        path = trial.pickled_error_file
+        if path and Path(path).is_file():
+            with open(path, "rb") as file:
+                return cloudpickle.load(file)
+        return trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - an error that does not unpickle here
+        return None

@@ -28,7 +28,7 @@ from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.figures import pareto_plot
-from tuning.progress import ProgressWatch, check_ran_to_end
+from tuning.progress import ProgressWatch, TrialUserErrors, check_ran_to_end
 from tuning.ray_start import sharing_note, start_ray
 from tuning.space import load_space, to_tune, trial_overrides
 from tuning.study import (
@@ -41,7 +41,7 @@ from tuning.study import (
 )
 from tuning.tables import LiveTrialTable, pareto_front, rich_table, trial_rows
 from tuning.tables import console as table_console
-from tuning.trials import make_trainable, resources_for, trial_state
+from tuning.trials import make_trainable, plan_trials, trial_state
 from ucrn.cli import metrics_table
 from ucrn.config import Config, apply_overrides, config_from_options, parse_set_options
 from ucrn.data.layout import Dataset
@@ -54,7 +54,7 @@ from ucrn.metrics import mode as metric_mode
 from ucrn.state import FitResult
 from ucrn.tasks import metric_names
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log keeps each line whole
 
 
 @dataclass
@@ -250,14 +250,12 @@ def run_search(plan: SearchPlan) -> dict[str, Any]:
     """Start or join Ray, run the search, score the best checkpoint on test once."""
     args = plan.args
     session = start_ray(args.address)
-    where = session.dashboard_url or "(no dashboard URL)"
-    console.print(f"Ray: {session.cpus:g} CPUs, {session.gpus:g} GPUs · dashboard {where}")
+    resources, waits = plan_trials(args, session, plan.base, plan.dataset, console.print)
     if note := sharing_note(session):
         console.print(note)
-    resources = resources_for(args, session)
     console.print(
         f"{'resuming' if args.resume else 'search'} {plan.experiment}: {args.num_samples} "
-        f"trials × {args.epochs} epochs, {args.max_concurrent} at once, {resources.workers} "
+        f"trials × {args.epochs} epochs, {resources.concurrent} at once, {resources.workers} "
         f"worker(s) per trial with {resources.cpus_per_worker:g} CPU and "
         f"{resources.gpus_per_worker:g} GPU each · "
         + " and ".join(f"{m} ({metric_mode(m)})" for m in plan.metrics)
@@ -265,11 +263,11 @@ def run_search(plan: SearchPlan) -> dict[str, Any]:
     )
     searched = [key for key, entry in plan.space.items() if isinstance(entry, dict)]
     started = time.perf_counter()
-    grid = _tuner(plan, resources, searched).fit()
+    grid = _tuner(plan, resources, searched, waits).fit()
     return _record_search(plan, grid, searched, time.perf_counter() - started)
 
 
-def _tuner(plan: SearchPlan, resources, searched: list[str]):
+def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
     """The Tune experiment: a new one, or the interrupted one restored (``--resume``)."""
 
     args, base = plan.args, plan.base
@@ -283,7 +281,7 @@ def _tuner(plan: SearchPlan, resources, searched: list[str]):
     if plan.study is not None and not args.study_storage:
         Path(plan.experiment).mkdir(parents=True, exist_ok=True)  # study.db goes in it
     searcher = StudySearch(url=plan.study, study_name=plan.name, metrics=list(plan.metrics),
-                           epochs=args.epochs, seed=args.seed, concurrent=args.max_concurrent)
+                           epochs=args.epochs, seed=args.seed, concurrent=resources.concurrent)
     return tune.Tuner(
         trainable,
         param_space=to_tune(plan.space),
@@ -293,11 +291,12 @@ def _tuner(plan: SearchPlan, resources, searched: list[str]):
             search_alg=searcher,
             scheduler=ASHAScheduler(metric=plan.metric, mode=plan.mode, max_t=args.epochs,
                                     grace_period=args.grace_period, reduction_factor=2),
-            num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
+            num_samples=args.num_samples, max_concurrent_trials=resources.concurrent,
         ),
         run_config=tune.RunConfig(
             name=plan.name, storage_path=storage, verbose=0, stop=ProgressWatch(args.stall_minutes),
-            callbacks=[LiveTrialTable(plan.metric, searched, args.epochs)],
+            callbacks=[LiveTrialTable(plan.metric, searched, args.epochs), TrialUserErrors(),
+                       *waits],
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),

@@ -13,6 +13,7 @@ their trials here; they differ in how a trial's config becomes ``ucrn`` override
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +24,13 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
+from tuning.capacity import Capacity, NodeWait, WaitForNodes, cluster_capacity
 from tuning.rendezvous import LoopbackTorchConfig
 from tuning.workers import read_checkpoint, train_in_trial, train_worker
 from ucrn.config import Config, apply_overrides
 from ucrn.errors import UcrnError
+from ucrn.footprint import gib, packing_problem, training_device_bytes
+from ucrn.model import UCRN, count_parameters
 from ucrn.state import TrainingState
 
 TRIAL_CPU = 0.1  # the trial function only waits on its trainer (0 is refused by Ray)
@@ -34,46 +38,77 @@ TRIAL_CPU = 0.1  # the trial function only waits on its trainer (0 is refused by
 
 @dataclass(frozen=True)
 class Resources:
-    """What each trial's Train workers get."""
+    """What each trial's Train workers get, and how many trials run at once."""
 
     workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 2  # worker-group restarts from the last checkpoint
+    concurrent: int = 2  # trials at once
 
     @property
     def threads(self) -> int:
         return max(1, round(self.cpus_per_worker))
 
+    @property
+    def trials_per_gpu(self) -> int:
+        """Trials that share one GPU (1 for data-parallel workers, which take whole GPUs)."""
+        if self.gpus_per_worker <= 0:
+            return 0
+        return max(1, math.floor(1.0 / self.gpus_per_worker + 1e-9))
 
-def resources_for(args, session) -> Resources:
-    """Per-worker resources from the cluster options and what the cluster has.
 
-    By default the CPUs are shared by the concurrent trials' workers (at most 4 each), and a
-    cluster with GPUs gives a single-worker trial a quarter of one (UCRN is small) and each
-    worker of a data-parallel trial a whole one (NCCL refuses two ranks on one GPU).
+DEFAULT_CONCURRENT_ON_CPUS = 2
+
+
+def resources_for(args, capacity: Capacity) -> Resources:
+    """Per-worker resources and concurrency from the cluster options and what the cluster
+    has or its autoscaler can add (``tuning.capacity``).
+
+    With GPUs (up, or reachable through the autoscaler), a single-worker trial gets a
+    quarter of one by default (UCRN is small) and each worker of a data-parallel trial a
+    whole one (NCCL refuses two ranks on one GPU); as many trials run at once as the GPUs
+    reachable hold, and each worker gets its share of its GPU node's CPUs (at most 4).
+    Without GPUs, the CPUs up now are shared by the concurrent trials' workers.
     """
+    workers = args.workers_per_trial
+    reachable = capacity.reachable_gpus()
     gpus_per_worker = args.gpus_per_worker
     if gpus_per_worker is None:
-        gpus_per_worker = (0.25 if args.workers_per_trial == 1 else 1.0) if session.gpus else 0.0
-    if gpus_per_worker > 0 and session.gpus == 0:
-        raise UcrnError(f"--gpus-per-worker {gpus_per_worker}: the cluster has no GPU")
+        gpus_per_worker = (0.25 if workers == 1 else 1.0) if reachable else 0.0
+    if gpus_per_worker > 0 and reachable == 0:
+        raise UcrnError(
+            f"--gpus-per-worker {gpus_per_worker:g}: the cluster has no GPU and no autoscaler "
+            "node type with GPUs that could add one; leave the option out to train on CPUs, "
+            "or join a cluster whose config has GPU nodes (cluster.yaml)")
+    if gpus_per_worker * workers > reachable:
+        raise UcrnError(
+            f"--gpus-per-worker {gpus_per_worker:g} × {workers} worker(s): the cluster can have "
+            f"{reachable:g} GPUs at most, so no trial could ever start; ask for less")
+    concurrent = args.max_concurrent
+    if concurrent is None:
+        concurrent = (max(1, math.floor(reachable / (gpus_per_worker * workers) + 1e-9))
+                      if gpus_per_worker > 0 else DEFAULT_CONCURRENT_ON_CPUS)
     cpus_per_worker = args.cpus_per_worker
-    if cpus_per_worker is None:
-        waiting = TRIAL_CPU if args.workers_per_trial > 1 else 0.0  # the trial's own process
-        free = session.cpus - waiting * args.max_concurrent
-        cpus_per_worker = min(4.0, free / (args.max_concurrent * args.workers_per_trial))
-        cpus_per_worker = max(0.1, round(cpus_per_worker, 2))
-    for kind, per_worker, total in (("cpus", cpus_per_worker, session.cpus),
-                                    ("gpus", gpus_per_worker, session.gpus)):
-        if per_worker * args.workers_per_trial > total:
-            raise UcrnError(
-                f"--{kind}-per-worker {per_worker:g} × {args.workers_per_trial} worker(s): the "
-                f"cluster has {total:g} {kind.upper()[:-1]}s in all, so no trial could ever "
-                "start; ask for less"
-            )
-    return Resources(args.workers_per_trial, cpus_per_worker, gpus_per_worker,
-                     args.max_failures)
+    waiting = TRIAL_CPU if workers > 1 else 0.0  # a data-parallel trial's own process
+    if gpus_per_worker > 0:  # workers run on GPU nodes: their CPUs count, not the head's
+        hosts = capacity.gpu_hosts() or [(capacity.cpus, reachable)]
+        if cpus_per_worker is None:  # the smallest GPU node's CPUs, shared by its workers
+            share = min(cpus / max(1, math.floor(gpus / gpus_per_worker + 1e-9))
+                        for cpus, gpus in hosts)
+            cpus_per_worker = max(0.1, math.floor(min(4.0, share - waiting) * 100) / 100)
+        room, where = max(cpus for cpus, _ in hosts), "a GPU node has"
+    else:
+        if cpus_per_worker is None:
+            free = capacity.cpus - waiting * concurrent
+            cpus_per_worker = max(0.1, round(min(4.0, free / (concurrent * workers)), 2))
+        room, where = capacity.cpus / workers, "the cluster has"
+    if cpus_per_worker > room:
+        raise UcrnError(
+            f"--cpus-per-worker {cpus_per_worker:g} × {workers} worker(s): {where} "
+            f"{room * (workers if gpus_per_worker == 0 else 1):g} CPUs, so no trial could "
+            "ever start; ask for less")
+    return Resources(workers, cpus_per_worker, gpus_per_worker, args.max_failures, concurrent)
 
 
 def make_trainable(
@@ -83,11 +118,14 @@ def make_trainable(
     train_storage: str,
     overrides_of: Callable[[dict[str, Any]], dict[str, Any]],
     run_name_of: Callable[[dict[str, Any], str], str] = lambda config, trial: f"train-{trial}",
+    final_scoring_of: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda config: None,
 ) -> Callable:
     """The Tune function trainable: trial config → ``ucrn`` overrides → one Train run.
 
     ``run_name_of(trial_config, trial_id)`` names the Train run; a run started again under
     the same name (and storage) continues from its last checkpoint.
+    ``final_scoring_of(trial_config)``: how the trial scores its selected model on test at
+    its end (``ucrn.robustness.scored_run``'s options), or None.
     """
     data_refs = [data_ref]  # in a list: Ray then passes the reference, not the data
 
@@ -95,7 +133,9 @@ def make_trainable(
         config = apply_overrides(base, overrides_of(trial_config))
         use_gpu = resources.gpus_per_worker > 0
         loop_config = {"config": config.to_dict(), "data": data_refs,
-                       "threads": resources.threads, "use_gpu": use_gpu}
+                       "threads": resources.threads, "use_gpu": use_gpu,
+                       "gpu_share": resources.gpus_per_worker,
+                       "final_scoring": final_scoring_of(trial_config)}
         if resources.workers == 1:
             train_in_trial(loop_config)
             return
@@ -134,3 +174,39 @@ def trial_state(metrics: dict[str, Any], checkpoint: Any) -> TrainingState:
     if not path:
         raise RuntimeError("the trial reported no checkpoint")
     return read_checkpoint(ray.train.Checkpoint(path))
+
+
+def plan_trials(args, session, config: Config, dataset, say: Callable[[str], None]) -> tuple[
+        Resources, list]:
+    """The trials' resources on the joined cluster, checked and said in one line; and the
+    Tune callbacks that watch the cluster while trials wait for GPU nodes to come up.
+
+    Before any trial: the bytes one trial keeps on its GPU (``ucrn.footprint``) times the
+    trials packed on a GPU, against the GPU node types' memory where their accelerator is
+    known (each trial checks its own GPU again with torch).
+    """
+    capacity = cluster_capacity()
+    resources = resources_for(args, capacity)
+    now = f"Ray: {capacity.cpus:g} CPUs, {capacity.gpus:g} GPUs up"
+    if capacity.autoscaling:
+        now += f"; the autoscaler can add {capacity.describe_autoscaling()}"
+    say(f"{now} · dashboard {session.dashboard_url or '—'}")
+    callbacks = []
+    if resources.gpus_per_worker > 0:
+        need = training_device_bytes(config, dataset, count_parameters(UCRN(config.model)))
+        check_packing(need, resources.trials_per_gpu, capacity.gpu_memory_gib())
+        say(f"each trial keeps about {gib(need)} on its GPU (data, model, activations, CUDA "
+            f"context); {resources.trials_per_gpu} share a GPU")
+        wanted = resources.gpus_per_worker * resources.workers
+        if capacity.gpus < wanted:
+            callbacks.append(WaitForNodes(NodeWait(wanted, say)))
+    return resources, callbacks
+
+
+def check_packing(need_bytes: int, trials_per_gpu: int, gpu_memory_gib: float | None) -> None:
+    """Refuse, in one line, ``trials_per_gpu`` trials of ``need_bytes`` each on the cluster's
+    GPUs of ``gpu_memory_gib`` (unknown: each trial checks its own GPU when it starts)."""
+    if gpu_memory_gib is not None:
+        problem = packing_problem(need_bytes, trials_per_gpu, int(gpu_memory_gib * 2**30))
+        if problem:
+            raise UcrnError(f"the cluster's GPUs: {problem}")

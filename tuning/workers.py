@@ -9,6 +9,8 @@ checkpoint, and a restarted trial continues from the last one.
 
 from __future__ import annotations
 
+import json
+import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,10 @@ import torch
 
 from ucrn.config import config_from_dict
 from ucrn.engine import EpochResult, fit
+from ucrn.footprint import training_device_bytes
+from ucrn.gpu import check_fits_gpu, check_gpu_usable
+from ucrn.model import UCRN, count_parameters
+from ucrn.robustness import scored_run
 from ucrn.state import TrainingState
 
 CHECKPOINT_FILE = "state.pt"
@@ -80,16 +86,34 @@ def train_in_trial(loop_config: dict[str, Any]) -> None:
     run_loop(loop_config, reporting, device)
 
 
+def check_device(loop_config: dict[str, Any], config, dataset, device: torch.device,
+                 where: str) -> None:
+    """On a GPU: one line, raised in the trial, when torch cannot use it or when the trials
+    packed on it (1 / its GPU share) cannot fit its memory."""
+    if device.type != "cuda":
+        return
+    check_gpu_usable(where)
+    need = training_device_bytes(config, dataset, count_parameters(UCRN(config.model)))
+    share = loop_config.get("gpu_share") or 1.0
+    check_fits_gpu(need, max(1, math.floor(1.0 / share + 1e-9)), where, device)
+
+
 def run_loop(
     loop_config: dict[str, Any], reporting: Reporting, device: torch.device, rank: int = 0,
     world_size: int = 1, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> None:
     """``ucrn.engine.fit`` on this rank's share, reporting every epoch; rank 0 attaches the
-    resumable checkpoint. A restarted run continues from its last checkpoint."""
+    resumable checkpoint. A restarted run continues from its last checkpoint. With
+    ``final_scoring`` (the evaluator's runs), the selected model is then scored on test
+    under the robustness conditions here, on the trial's device, and reported once more as
+    ``run_record``: the driver only collects it."""
     torch.set_num_threads(loop_config["threads"])
     dataset = ray.get(loop_config["data"][0])
     config = config_from_dict(loop_config["config"])
-    node_id = ray.get_runtime_context().get_node_id()
+    context = ray.get_runtime_context()
+    node_id = context.get_node_id()
+    check_device(loop_config, config, dataset, device,
+                 f"node {ray.util.get_node_ip_address()} (id {node_id})")
     resume = read_checkpoint(reporting.previous) if reporting.previous else None
     reported = []
 
@@ -106,11 +130,15 @@ def run_loop(
     def on_epoch(result: EpochResult, checkpoint: Callable[[], TrainingState]) -> None:
         report({**epoch_metrics(result), "node_id": node_id}, checkpoint)
 
-    fit(config, dataset, device=device, score_test=False, on_epoch=on_epoch, resume=resume,
-        rank=rank, world_size=world_size, wrap_model=wrap)
+    result = fit(config, dataset, device=device, score_test=False, on_epoch=on_epoch,
+                 resume=resume, rank=rank, world_size=world_size, wrap_model=wrap)
+    last = {**result.history[-1], "best_epoch": result.best_epoch, "epoch_seconds": 0.0,
+            "node_id": node_id} if result.history else None
     if resume is not None and not reported:
         # Restarted after its last epoch (e.g. a rerun of a finished run): nothing was
         # trained, so report the final state again for whoever waits on it.
-        last = {**resume.history[-1], "best_epoch": resume.best_epoch,
-                "epoch_seconds": 0.0, "node_id": node_id}
         report(last, lambda: resume)
+    scoring = loop_config.get("final_scoring")
+    if scoring is not None and last is not None:
+        record = scored_run(result, dataset, device=device, **scoring) if rank == 0 else None
+        reporting.report({**last, "run_record": json.dumps(record) if record else ""})

@@ -264,7 +264,7 @@ class _Training:
         self, config: Config, dataset: Dataset, device: torch.device,
         resume: TrainingState | None, wrap_model: Callable[[nn.Module], nn.Module] | None,
     ):
-        self.config, self.metric = config, select_metric(config)
+        self.config, self.metric, self.device = config, select_metric(config), device
         task, modalities = config.model.task, config.model.modalities
         torch.manual_seed(config.train.seed)
         self.model = UCRN(config.model).to(device)
@@ -294,6 +294,8 @@ class _Training:
             self.optimizer.load_state_dict(resume.optimizer)
             self.batch_order.set_state(resume.batch_order)
             torch.set_rng_state(resume.torch_rng)
+            if resume.cuda_rng is not None and device.type == "cuda":
+                torch.cuda.set_rng_state_all(resume.cuda_rng)
             self.state = dataclasses.replace(resume, config=config)  # e.g. more epochs
 
     def checkpoint(self) -> TrainingState:
@@ -301,6 +303,7 @@ class _Training:
         return copy.deepcopy(dataclasses.replace(
             self.state, weights=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             batch_order=self.batch_order.get_state(), torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
         ))
 
     def run_epoch(self, epoch: int, rank: int, world_size: int) -> EpochResult:

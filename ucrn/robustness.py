@@ -22,6 +22,7 @@ from ucrn.data.layout import Dataset
 from ucrn.engine import evaluate, modality_subsets
 from ucrn.metrics import mode
 from ucrn.model import UCRN
+from ucrn.state import FitResult
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,17 @@ def drop_percent(metric: str, full: float, perturbed: float) -> float:
     change = (perturbed - full) if mode(metric) == "min" else (full - perturbed)
     return 100.0 * change / full if full else float("nan")
 
+
+
+def scored_run(
+    result: FitResult, dataset: Dataset, *, perturb: bool, noise: float, noise_seed: int,
+    device: torch.device | str | None = None,
+) -> dict:
+    """A finished run's record for the evaluator: its selection on valid, and its selected
+    model scored on test once per condition (every condition with ``perturb``), on
+    ``device`` — the trial's own, where the model trained."""
+    conditions = score_conditions(result.model, dataset, result.config, perturb=perturb,
+                                  noise=noise, noise_seed=noise_seed, device=device)
+    return {"best_epoch": result.best_epoch, "epochs": result.epochs_run,
+            "params": result.params, "valid": result.valid, "test": conditions["full"],
+            "conditions": conditions, "config": result.config.to_dict()}

@@ -5,7 +5,8 @@ whoever continues or uses the run: ``ucrn.engine.fit`` (resume), the Ray Train w
 (checkpoints), the search (the best trial's model) and the evaluator (each seed's model).
 
 - where training is: ``epoch``, the current ``weights``, the optimizer, the batch-order
-  generator and torch's random state, so that a resumed run continues exactly;
+  generator and torch's random states (the CPU's, and every GPU's on CUDA), so that a
+  resumed run continues exactly;
 - what it selected on the validation split: ``best_epoch``, ``best_score`` and
   ``best_weights``, with every epoch's losses and validation metrics in ``history``.
 
@@ -70,6 +71,9 @@ class TrainingState:
     optimizer: dict[str, Any] | None = None
     batch_order: torch.Tensor | None = None  # the batch-order generator's state
     torch_rng: torch.Tensor | None = None
+    cuda_rng: list[torch.Tensor] | None = None  # every GPU's random state, on CUDA
+
+    OPTIONAL = ("cuda_rng",)  # absent from states written before it existed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,12 +81,13 @@ class TrainingState:
             "best_score": self.best_score, "best_weights": self.best_weights,
             "history": self.history, "weights": self.weights, "optimizer": self.optimizer,
             "batch_order": self.batch_order, "torch_rng": self.torch_rng,
+            "cuda_rng": self.cuda_rng,
         }
 
     @classmethod
     def from_dict(cls, data: Any) -> TrainingState:
         """The state ``to_dict`` wrote; a clear error for anything else."""
-        expected = set(cls.__dataclass_fields__)
+        expected = set(cls.__dataclass_fields__) - set(cls.OPTIONAL)
         if not isinstance(data, dict) or not expected <= set(data):
             found = ", ".join(sorted(map(str, data))) if isinstance(data, dict) else \
                 type(data).__name__
