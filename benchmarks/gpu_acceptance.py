@@ -1,0 +1,374 @@
+"""The GPU path, proved on one GPU in one run: what the CPU cannot show.
+
+    PYTHONPATH=. python benchmarks/gpu_acceptance.py --out DIR [--seconds 15]
+    PYTHONPATH=. python benchmarks/gpu_acceptance.py --out DIR --dry-run   # CPU, < 1 min
+
+Uses only PyTorch and this package (the lent GPU machine has no Ray and no Optuna) and
+writes ``DIR/gpu_acceptance.json`` with:
+
+- ``environment``: torch, its CUDA, the NVIDIA driver, the GPU and its memory;
+- ``parity``: the same 2-epoch run (dropout 0, one seed) on the CPU and on the GPU, the
+  largest difference in training loss and validation MAE per epoch;
+- ``step``: ms per training step and samples/s at batch 16, aligned and unaligned MOSI
+  shapes; ATen operations and host syncs per step (a dispatch counter; on CUDA also
+  ``torch.cuda.set_sync_debug_mode``); CUDA kernels per step and the GPU's busy share
+  (the profiler); peak memory;
+- ``footprint``: one MOSEI-size run's peak GPU memory against ``ucrn.footprint``'s estimate;
+- ``packing``: k = 1, 2, 4, 8 processes, each training one fixed configuration on
+  MOSEI-size data for ``--seconds``: total steps/s, speed-up over k = 1, MiB per process;
+- ``ddp``: a one-rank NCCL process group through a file store (gloo on the CPU), one epoch,
+  against the same epoch without DDP;
+- ``resume``: 2 epochs with dropout straight, and 1 + resume + 1, compared exactly.
+
+Each part catches its own failure (recorded under ``error``), so one broken part still
+leaves the others' figures. ``--dry-run`` runs every part on the CPU with small data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ucrn.config import Config, apply_overrides
+from ucrn.data.layout import Dataset, Split, load_dataset
+from ucrn.data.synthetic import synthesize
+from ucrn.engine import _train_epoch, _Training, fit, prepare_config
+from ucrn.footprint import training_device_bytes
+from ucrn.gpu import driver_version
+from ucrn.model import UCRN, count_parameters
+
+ALIGNED = {"l": (50, 300), "a": (50, 5), "v": (50, 20)}  # MOSI: steps, features
+UNALIGNED = {"l": (50, 300), "a": (375, 5), "v": (500, 20)}
+MOSEI = {"l": (50, 300), "a": (50, 74), "v": (50, 35)}
+MOSI_COUNTS, MOSEI_COUNTS = (1284, 229, 686), (16326, 1871, 4659)
+PACKING = (1, 2, 4, 8)
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def random_dataset(shapes: dict[str, tuple[int, int]], counts: tuple[int, int, int],
+                   seed: int = 0, lengths: bool = True) -> Dataset:
+    """Random features of the given shapes (timing only), built in memory."""
+    generator = torch.Generator().manual_seed(seed)
+    splits = {}
+    for name, count in zip(("train", "valid", "test"), counts, strict=True):
+        features = {m: torch.randn(count, steps, dims, generator=generator)
+                    for m, (steps, dims) in shapes.items()}
+        lens = {m: (torch.randint(max(1, steps // 5), steps + 1, (count,), generator=generator)
+                    if lengths else None) for m, (steps, _) in shapes.items()}
+        labels = torch.rand(count, 1, generator=generator) * 6 - 3
+        splits[name] = Split(features, lens, labels, [f"{name}{i}" for i in range(count)])
+    return Dataset("random", "regression", tuple(shapes), ("sentiment",), splits,
+                   source="random")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class DispatchCounter(TorchDispatchMode):
+    """Counts the ATen operations dispatched inside it; ``_local_scalar_dense`` is a host
+    sync (``.item()``, ``float()``, ``bool()`` of a tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter = Counter()
+        self.views = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        self.views += bool(getattr(func, "is_view", False))
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def syncs(self) -> int:
+        return self.ops["aten._local_scalar_dense"]
+
+
+def part(results: dict, name: str, run: Callable[[], dict]) -> None:
+    """Run one part, keep its figures or its error, and say how long it took."""
+    started = time.perf_counter()
+    try:
+        results[name] = run()
+    except Exception as error:  # noqa: BLE001 - a broken part must not hide the others
+        results[name] = {"error": f"{type(error).__name__}: {error}",
+                         "traceback": traceback.format_exc(limit=6)}
+    results[name]["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"{name}: {json.dumps(results[name], default=str)[:400]}", flush=True)
+
+
+MODEL = {}  # the paper's model on a GPU; a small one for the dry run
+
+
+def base_config(**overrides) -> Config:
+    return apply_overrides(Config(), {"epochs": 2, "patience": 2, **MODEL, **overrides})
+
+
+# --------------------------------------------------------------------------------- parts
+
+
+def environment(device: torch.device) -> dict:
+    facts = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
+             "driver": driver_version(), "python": platform.python_version()}
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        facts.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+                     capability=f"{properties.major}.{properties.minor}")
+    return facts
+
+
+def parity(data: Path, device: torch.device) -> dict:
+    """CPU and ``device`` from one seed, dropout 0: the per-epoch differences."""
+    config = base_config(dropout=0.0, seed=3)
+    dataset = load_dataset(data)
+    on_cpu = fit(config, dataset, device="cpu", score_test=False).history
+    on_device = fit(config, dataset, device=device, score_test=False).history
+    pairs = list(zip(on_cpu, on_device, strict=True))
+    loss = max(abs(a["train_loss"] - b["train_loss"]) for a, b in pairs)
+    mae = max(abs(a["valid_MAE"] - b["valid_MAE"]) for a, b in pairs)
+    return {"epochs": len(on_cpu), "max_train_loss_difference": loss,
+            "max_valid_MAE_difference": mae,
+            "valid_MAE": [round(e["valid_MAE"], 6) for e in on_device]}
+
+
+def training_for(dataset: Dataset, device: torch.device, **overrides) -> _Training:
+    config = prepare_config(base_config(**overrides), dataset)
+    return _Training(config, dataset, device, None, None)
+
+
+def steps(training: _Training, count: int, epoch: int = 1) -> None:
+    """``count`` training steps (batches) of ``training``."""
+    order = torch.randperm(len(training.train.split))[:count * training.config.train.batch_size]
+    _train_epoch(training.wrapped, training.parameters, training.optimizer, training.train,
+                 order, training.config, training.batch_order, epoch)
+
+
+def step_figures(dataset: Dataset, device: torch.device, count: int) -> dict:
+    """ms per step, operations and syncs per step, kernels and busy share on a GPU."""
+    training = training_for(dataset, device)
+    batch = training.config.train.batch_size
+    steps(training, 5)  # warm-up: kernels chosen, memory pooled
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        steps(training, count)
+        synchronize(device)
+        timings.append((time.perf_counter() - started) / count)
+    per_step = statistics.median(timings)
+    with DispatchCounter() as counter:
+        steps(training, 2)
+    figures = {"ms_per_step": round(per_step * 1e3, 3),
+               "samples_per_s": round(batch / per_step, 1),
+               "aten_ops_per_step": sum(counter.ops.values()) / 2,
+               "non_view_ops_per_step": (sum(counter.ops.values()) - counter.views) / 2,
+               "host_syncs_per_step": counter.syncs / 2}
+    if device.type == "cuda":
+        figures["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            steps(training, 2)
+            synchronize(device)
+        torch.cuda.set_sync_debug_mode("default")
+        figures["sync_debug_warnings_per_step"] = len(caught) / 2
+        figures.update(profiled(training, device, count))
+    return figures
+
+
+def profiled(training: _Training, device: torch.device, count: int) -> dict:
+    """CUDA kernels per step and the share of the wall time the GPU computed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        started = time.perf_counter()
+        steps(training, count)
+        synchronize(device)
+        wall = time.perf_counter() - started
+    kernels = [e for e in profiler.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in kernels) / 1e6  # microseconds → seconds
+    return {"kernels_per_step": len(kernels) / count,
+            "gpu_busy_percent": round(100 * busy / wall, 1)}
+
+
+def footprint(dataset: Dataset, device: torch.device) -> dict:
+    """A MOSEI-size run's peak memory on its device against the estimate."""
+    config = prepare_config(base_config(), dataset)
+    estimate = training_device_bytes(config, dataset, count_parameters(UCRN(config.model)),
+                                     on_gpu=device.type == "cuda")
+    figures = {"estimate_mib": round(estimate / 2**20, 1)}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        free_before, total = torch.cuda.mem_get_info(device)
+        training = _Training(config, dataset, device, None, None)
+        steps(training, 20)
+        synchronize(device)
+        figures.update(peak_allocated_mib=round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+                       peak_reserved_mib=round(torch.cuda.max_memory_reserved(device) / 2**20, 1),
+                       process_used_mib=round((total - torch.cuda.mem_get_info(device)[0]) / 2**20,
+                                              1),
+                       free_before_mib=round(free_before / 2**20, 1))
+        del training
+        torch.cuda.empty_cache()
+    return figures
+
+
+def _packed_worker(rank: int, seconds: float, counts: tuple, device_name: str, model: dict,
+                   queue) -> None:
+    """One packed process: MOSEI-size data on the device, training for ``seconds``."""
+    torch.set_num_threads(1)
+    MODEL.update(model)
+    device = torch.device(device_name)
+    dataset = random_dataset(MOSEI, counts, seed=rank, lengths=False)
+    training = training_for(dataset, device, seed=rank)
+    steps(training, 3)  # warm-up
+    synchronize(device)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        steps(training, 10)
+        done += 10
+    synchronize(device)
+    elapsed = time.perf_counter() - started
+    used = None
+    if device.type == "cuda":
+        used = torch.cuda.max_memory_reserved(device) / 2**20
+    queue.put({"rank": rank, "steps": done, "seconds": elapsed, "reserved_mib": used})
+
+
+def packing(seconds: float, levels: tuple[int, ...], counts: tuple, device: torch.device) -> dict:
+    """k processes training at once: total steps/s and the speed-up over one."""
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for k in levels:
+        queue = context.Queue()
+        processes = [context.Process(target=_packed_worker,
+                                     args=(rank, seconds, counts, str(device), MODEL, queue))
+                     for rank in range(k)]
+        for process in processes:
+            process.start()
+        reports = [queue.get(timeout=seconds * 4 + 300) for _ in processes]
+        for process in processes:
+            process.join(timeout=60)
+        total = sum(r["steps"] / r["seconds"] for r in reports)
+        reserved = [r["reserved_mib"] for r in reports if r["reserved_mib"] is not None]
+        rows.append({"k": k, "steps_per_s": round(total, 2),
+                     "reserved_mib_per_process": round(max(reserved), 1) if reserved else None})
+    for row in rows:
+        row["speedup_over_k1"] = round(row["steps_per_s"] / rows[0]["steps_per_s"], 2)
+    return {"seconds_each": seconds, "levels": rows,
+            "note": "reserved MiB is torch's pool; each process adds its CUDA context"}
+
+
+def ddp(data: Path, device: torch.device, folder: Path) -> dict:
+    """One rank of DDP through a file store, one epoch, against the same epoch alone."""
+    import torch.distributed as distributed
+    from torch.nn.parallel import DistributedDataParallel
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    config = base_config(dropout=0.0, epochs=1)
+    dataset = load_dataset(data)
+    alone = fit(config, dataset, device=device, score_test=False).history[-1]
+    distributed.init_process_group(backend, init_method=f"file://{folder / 'rendezvous'}",
+                                   rank=0, world_size=1)
+    try:
+        ids = [device.index or 0] if device.type == "cuda" else None
+        wrapped = fit(config, dataset, device=device, score_test=False, rank=0, world_size=1,
+                      wrap_model=lambda model: DistributedDataParallel(
+                          model, device_ids=ids)).history[-1]
+    finally:
+        distributed.destroy_process_group()
+    return {"backend": backend, "loss_alone": alone["train_loss"],
+            "loss_ddp": wrapped["train_loss"],
+            "loss_difference": abs(alone["train_loss"] - wrapped["train_loss"])}
+
+
+def resume(data: Path, device: torch.device) -> dict:
+    """2 epochs straight, and 1 + resume + 1, with dropout (the device's random state)."""
+    config = base_config(dropout=0.1, seed=5)
+    dataset = load_dataset(data)
+    straight = fit(config, dataset, device=device, score_test=False)
+    saved = []
+    fit(apply_overrides(config, {"epochs": 1}), dataset, device=device, score_test=False,
+        on_epoch=lambda result, checkpoint: saved.append(checkpoint()))
+    resumed = fit(config, dataset, device=device, score_test=False, resume=saved[-1])
+    weights = max(float((a - b).abs().max()) for a, b in zip(
+        straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True))
+    losses = [abs(a["train_loss"] - b["train_loss"])
+              for a, b in zip(straight.history, resumed.history, strict=True)]
+    return {"max_weight_difference": weights, "max_loss_difference": max(losses),
+            "exact": weights == 0.0 and max(losses) == 0.0}
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder for gpu_acceptance.json")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="every part on the CPU with small data (checks the script)")
+    parser.add_argument("--seconds", type=float, default=15.0,
+                        help="training time of each packing level (default 15)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.dry_run:
+        device, scale, count, seconds = torch.device("cpu"), 0.05, 3, 1.0
+        levels, mosei_counts = (1, 2), (256, 32, 32)
+        MODEL.update(urm_layers=1, crm_layers=1)
+        torch.set_num_threads(2)
+    else:
+        if not torch.cuda.is_available():
+            sys.exit("gpu_acceptance: torch sees no GPU here (use --dry-run to check the "
+                     "script on a CPU)")
+        device, scale, count, seconds = torch.device("cuda:0"), 0.25, 50, args.seconds
+        levels, mosei_counts = PACKING, MOSEI_COUNTS
+    started = time.perf_counter()
+    results: dict = {"dry_run": args.dry_run}
+    part(results, "environment", lambda: environment(device))
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        data = synthesize("mosi", folder / "mosi.h5", scale=scale, seed=0)
+        part(results, "parity", lambda: parity(data, device))
+        aligned = random_dataset(ALIGNED, (max(64, round(MOSI_COUNTS[0] * scale)), 32, 32))
+        unaligned = random_dataset(UNALIGNED, (max(64, round(MOSI_COUNTS[0] * scale)), 32, 32))
+        part(results, "step_aligned", lambda: step_figures(aligned, device, count))
+        part(results, "step_unaligned", lambda: step_figures(unaligned, device, count))
+        part(results, "footprint", lambda: footprint(
+            random_dataset(MOSEI, mosei_counts, lengths=False), device))
+        part(results, "packing", lambda: packing(seconds, levels, mosei_counts, device))
+        part(results, "ddp", lambda: ddp(data, device, folder))
+        part(results, "resume", lambda: resume(data, device))
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    target = out / "gpu_acceptance.json"
+    target.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    failed = [name for name, value in results.items()
+              if isinstance(value, dict) and "error" in value]
+    print(f"wrote {target} in {results['seconds']} s; "
+          + (f"failed parts: {', '.join(failed)}" if failed else "every part ran"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
