@@ -18,7 +18,7 @@ import psutil
 import pytest
 from helpers import fails_before_ray
 
-from ucrn.config import load_config
+from ucrn.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "tuning" / "search.py")]
@@ -133,6 +133,23 @@ def test_a_yaml_space_is_read(tmp_path):
     space = load_space(path)
     assert space["learning_rate"] == 0.001 and space["heads"] == {"choice": [1, 3]}
     assert "dropout" not in space
+
+
+def test_the_paper_configuration_is_a_point_of_the_default_space():
+    from tuning.space import DEFAULT_SPACE, base_point
+
+    point, outside = base_point(DEFAULT_SPACE, Config())
+    assert outside == [] and point["urm_layers"] == 5 and point["heads"] == 3
+    assert point["head_width"] == 10 and point["lambda_m"] == 1.0
+    narrow = {**DEFAULT_SPACE, "learning_rate": {"loguniform": [2e-3, 3e-3]}}
+    point, outside = base_point(narrow, Config())
+    assert point is None and outside == ["learning_rate=0.001"]
+
+
+def test_tpe_starts_proposing_after_a_third_of_the_trials():
+    from tuning.study import startup_trials
+
+    assert [startup_trials(n) for n in (2, 8, 12, 64)] == [2, 3, 4, 10]
 
 
 def test_the_paper_preset_is_the_published_setting():
@@ -306,7 +323,16 @@ def test_a_search_writes_its_tables_and_a_usable_best_config(ray_session, tiny_m
     experiment = tmp_path / "exp"
     trials = pd.read_csv(experiment / "trials.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"done"}
+    # one trial ran the paper's configuration (the base config: defaults with --set)
+    paper = trials[trials["paper"]]
+    assert len(paper) == 1
+    defaults = Config()
+    assert paper.iloc[0]["lambda_m"] == defaults.train.lambda_m
+    assert paper.iloc[0]["learning_rate"] == defaults.train.learning_rate
+    assert paper.iloc[0]["heads"] * paper.iloc[0]["head_width"] == defaults.model.width
     record = json.loads((experiment / "best.json").read_text())
+    assert record["search"]["paper_trial"]["trial"].startswith(paper.iloc[0]["trial"])
+    assert record["metrics"]["valid"]["MAE"] <= record["search"]["paper_trial"]["valid_MAE"]
     assert record["search"]["metric"] == "valid_MAE"
     assert record["metrics"]["valid"]["MAE"] == pytest.approx(trials["valid_MAE"].min())
     assert set(record["metrics"]["test"]) >= {"MAE", "Corr", "Non0_acc_2"}
@@ -482,3 +508,13 @@ def test_an_interrupted_search_says_so_and_scores_nothing(tiny_mosi, tmp_path):
     assert err.strip().splitlines()[-1] == "search: interrupted; continue with --resume"
     assert not (experiment / "best.json").exists()  # nothing was scored on test
     assert len(pd.read_csv(experiment / "trials.csv")) >= 1  # what ran is on record
+
+
+def test_the_paper_trial_can_be_left_out(tiny_mosi, tmp_path):
+    from tuning.search import plan_search
+
+    given = ["--data", str(tiny_mosi), "--storage", str(tmp_path)]
+    assert plan_search(given).base_point["urm_layers"] == 5
+    assert plan_search([*given, "--no-paper-trial"]).base_point is None
+    fixed = plan_search([*given, "--set", "urm_layers=2"]).base_point
+    assert "urm_layers" not in fixed  # fixed for every trial, no longer searched

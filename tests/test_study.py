@@ -31,7 +31,7 @@ def _report(search: StudySearch, trial: str, values: list[float]) -> dict:
 
 def test_the_study_records_epochs_best_values_pruned_and_failed_trials(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    search = StudySearch(url=url, study_name="exp", epochs=3, seed=0, concurrent=2,
+    search = StudySearch(url=url, study_name="exp", epochs=3, seed=0, concurrent=2, trials=8,
                          space={"x": tune.uniform(0.0, 1.0)}, metrics=["valid_MAE"])
     for trial in ("full", "stopped", "failed"):
         assert 0.0 <= search.suggest(trial)["x"] <= 1.0
@@ -56,7 +56,7 @@ def test_the_study_records_epochs_best_values_pruned_and_failed_trials(tmp_path)
 
 def test_a_maximised_metric_keeps_its_highest_epoch(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    search = StudySearch(url=url, study_name="exp", epochs=2, seed=0, concurrent=1,
+    search = StudySearch(url=url, study_name="exp", epochs=2, seed=0, concurrent=1, trials=8,
                          space={"x": tune.uniform(0.0, 1.0)}, metrics=["valid_Non0_acc_2"])
     search.suggest("a")
     for epoch, value in ((1, 0.71), (2, 0.69)):
@@ -133,7 +133,7 @@ def _free_port() -> int:
 
 
 def test_the_study_lives_in_postgresql(postgres):
-    search = StudySearch(url=postgres, study_name="exp", epochs=2, seed=0, concurrent=1,
+    search = StudySearch(url=postgres, study_name="exp", epochs=2, seed=0, concurrent=1, trials=8,
                          space={"x": tune.uniform(0.0, 1.0)}, metrics=["valid_MAE"])
     search.suggest("a")
     search.on_trial_complete("a", _report(search, "a", [1.3, 1.1]))
@@ -149,7 +149,7 @@ def test_the_study_lives_in_postgresql(postgres):
 def test_what_mattered_draws_the_history_and_ranks_the_parameters(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     space = {"x": tune.uniform(0.0, 1.0), "y": tune.uniform(0.0, 1.0)}
-    search = StudySearch(url=url, study_name="exp", epochs=1, seed=0, concurrent=1,
+    search = StudySearch(url=url, study_name="exp", epochs=1, seed=0, concurrent=1, trials=8,
                          space=space, metrics=["valid_MAE"])
     assert what_mattered(url, "exp", tmp_path)[0].empty  # nothing finished yet
     for index in range(6):
@@ -168,7 +168,7 @@ def test_what_mattered_draws_the_history_and_ranks_the_parameters(tmp_path):
 def test_two_objectives_are_told_at_the_first_metrics_best_epoch(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     metrics = ["valid_MAE", "valid_robust_Non0_acc_2"]
-    search = StudySearch(url=url, study_name="exp", epochs=3, seed=0, concurrent=1,
+    search = StudySearch(url=url, study_name="exp", epochs=3, seed=0, concurrent=1, trials=8,
                          space={"x": tune.uniform(0.0, 1.0)}, metrics=metrics)
     search.suggest("full")
     result = {}
@@ -196,7 +196,8 @@ def test_what_mattered_ranks_the_parameters_for_each_objective(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     space = {"x": tune.uniform(0.0, 1.0), "y": tune.uniform(0.0, 1.0)}
     metrics = ["valid_MAE", "valid_Corr"]
-    search = StudySearch(url=url, study_name="exp", epochs=1, seed=0, concurrent=1,
+    # trials=30: ten random start-up trials, so that the twelve below spread over the space
+    search = StudySearch(url=url, study_name="exp", epochs=1, seed=0, concurrent=1, trials=30,
                          space=space, metrics=metrics)
     for index in range(12):
         config = search.suggest(f"t{index}")
@@ -215,7 +216,7 @@ def test_what_mattered_ranks_the_parameters_for_each_objective(tmp_path):
 def test_with_few_trials_to_the_end_all_compare_at_the_epoch_all_reached(tmp_path, metrics):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     space = {"x": tune.uniform(0.0, 1.0), "y": tune.uniform(0.0, 1.0)}
-    search = StudySearch(url=url, study_name="exp", epochs=4, seed=0, concurrent=1,
+    search = StudySearch(url=url, study_name="exp", epochs=4, seed=0, concurrent=1, trials=8,
                          space=space, metrics=metrics)
     for index in range(20):
         config = search.suggest(f"t{index}")

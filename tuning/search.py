@@ -30,7 +30,7 @@ from tuning.cluster_options import add_cluster_arguments, check_cluster_argument
 from tuning.figures import pareto_plot
 from tuning.progress import ProgressWatch, TrialUserErrors, check_ran_to_end
 from tuning.ray_start import sharing_note, start_ray
-from tuning.space import load_space, to_tune, trial_overrides
+from tuning.space import base_point, load_space, to_tune, trial_overrides
 from tuning.study import (
     StudySearch,
     check_same_objectives,
@@ -68,6 +68,10 @@ class SearchPlan:
     metrics: tuple[str, ...]  # the objectives; the first picks checkpoints and drives ASHA
     experiment: str  # STORAGE/NAME, a local path or a URI
     study: str | None  # the Optuna study's database URL (None: in memory)
+    # The paper's configuration (the base config) as the first trial's values; None when
+    # opted out or outside the space (``outside`` says which settings).
+    base_point: dict[str, Any] | None = None
+    outside: tuple[str, ...] = ()
 
     @property
     def metric(self) -> str:
@@ -112,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--mode", action="append", choices=("min", "max"),
                         help="optional: each metric's own direction (min for MAE and loss, "
                         "max otherwise); any other is refused")
+    search.add_argument("--no-paper-trial", action="store_true",
+                        help="leave out the trial that runs the paper's configuration (the "
+                        "base config: ucrn's defaults with --config and --set laid over "
+                        "them), which is otherwise the first trial, so that best.json is at "
+                        "least as good as it on validation")
     search.add_argument("--grace-period", type=int, default=2,
                         help="epochs before ASHA may stop a trial (default 2)")
     search.add_argument("--seed", type=int, default=0, help="Optuna's seed and the trials'")
@@ -185,8 +194,10 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
         if not args.resume and Path(experiment).exists():
             raise UcrnError(f"{experiment} exists; pass --resume to continue it, or another "
                             "--name")
+    point, outside = base_point(space, base)
     plan = SearchPlan(args, dataset, base, space, metrics, experiment,
-                      study_url(experiment, args.study_storage))
+                      study_url(experiment, args.study_storage),
+                      None if args.no_paper_trial else point, tuple(outside))
     if args.resume and plan.study is not None:
         check_same_objectives(plan.study, plan.name, metrics)
     return plan
@@ -262,6 +273,9 @@ def run_search(plan: SearchPlan) -> dict[str, Any]:
         + (f" · ASHA stops trials on {plan.metric}" if len(plan.metrics) > 1 else "")
     )
     searched = [key for key, entry in plan.space.items() if isinstance(entry, dict)]
+    if plan.outside and not args.no_paper_trial:
+        console.print(f"note: the paper's configuration lies outside the space "
+                      f"({', '.join(plan.outside)}), so it is not one of the trials")
     started = time.perf_counter()
     grid = _tuner(plan, resources, searched, waits).fit()
     return _record_search(plan, grid, searched, time.perf_counter() - started)
@@ -281,7 +295,9 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
     if plan.study is not None and not args.study_storage:
         Path(plan.experiment).mkdir(parents=True, exist_ok=True)  # study.db goes in it
     searcher = StudySearch(url=plan.study, study_name=plan.name, metrics=list(plan.metrics),
-                           epochs=args.epochs, seed=args.seed, concurrent=resources.concurrent)
+                           epochs=args.epochs, seed=args.seed, concurrent=resources.concurrent,
+                           trials=args.num_samples,
+                           points_to_evaluate=[plan.base_point] if plan.base_point else None)
     return tune.Tuner(
         trainable,
         param_space=to_tune(plan.space),
@@ -310,6 +326,8 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
     results = [(trial.trial_id, _status(trial, r), r.config, r.metrics_dataframe)
                for trial, r in zip(grid._experiment_analysis.trials, grid, strict=True)]
     table = trial_rows(results, plan.metrics, searched)
+    paper = _paper_trial(results, plan.base_point)
+    table.insert(2, "paper", table["trial"] == (paper or "")[:8])
     _write_text(plan.experiment, "trials.csv", table.to_csv(index=False))
     check_ran_to_end(grid.num_terminated + grid.num_errors, plan.args.num_samples,
                      "continue with --resume")
@@ -326,7 +344,8 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
         **state.config.to_dict(),
         "search": {"experiment": plan.experiment, "trial": _trial_id(best),
                    "metric": plan.metric, "mode": plan.mode, "best_epoch": state.best_epoch,
-                   "trials": len(grid), "seconds": seconds, **_objectives_record(plan)},
+                   "trials": len(grid), "seconds": seconds, **_objectives_record(plan),
+                   "paper_trial": _paper_record(table, paper, plan.metric)},
         "metrics": {"valid": result.valid, "test": test},
     }
     _write_text(plan.experiment, "best.json", json.dumps(record, indent=2) + "\n")
@@ -336,6 +355,9 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
                             max_rows=20))
     best_settings = {key: best.config[key] for key in searched if key in best.config}
     stdout.print(f"best trial {_trial_id(best)}: {json.dumps(best_settings)}")
+    if (paper_record := record["search"]["paper_trial"]) is not None:
+        stdout.print(f"the paper's configuration ran as trial {paper_record['trial']}: "
+                     f"{plan.metric} {paper_record[plan.metric]:.4f} at its best epoch")
     stdout.print(metrics_table(
         f"best checkpoint (epoch {state.best_epoch}) · selected on {plan.metric}",
         {"valid": result.valid, "test (scored once)": test},
@@ -346,6 +368,23 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
         _write_pareto_front(plan, table, _trial_id(best)[:8], stdout)
     _show_what_mattered(plan, stdout)
     return record
+
+
+def _paper_trial(results: list, point: dict[str, Any] | None) -> str | None:
+    """The trial that ran the paper's configuration (its values are the enqueued point's)."""
+    if not point:
+        return None
+    return next((trial_id for trial_id, _, config, _ in results
+                 if all((config or {}).get(key) == value for key, value in point.items())),
+                None)
+
+
+def _paper_record(table, paper: str | None, metric: str) -> dict[str, Any] | None:
+    """The paper trial's id and validation score at its best epoch, for best.json."""
+    if paper is None:
+        return None
+    row = table[table["trial"] == paper[:8]].iloc[0]
+    return {"trial": paper, metric: float(row[metric]), "epochs": int(row["epochs"])}
 
 
 def _objectives_record(plan: SearchPlan) -> dict[str, Any]:

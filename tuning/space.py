@@ -196,3 +196,37 @@ def trial_overrides(trial_config: dict[str, Any], base: Config) -> dict[str, Any
         heads = int(overrides.get("heads", base.model.heads))
         overrides["width"] = heads * int(trial_config["head_width"])
     return overrides
+
+
+def _setting(base: Config, key: str) -> Any:
+    """``base``'s value of a space key (head_width: its width over its heads)."""
+    if key == "head_width":
+        return base.model.width // base.model.heads
+    return getattr(base.model if key in MODEL_KEYS else base.train, key)
+
+
+def _holds(entry: Any, value: Any) -> bool:
+    """Whether the searched ``entry`` can produce ``value``."""
+    kind, arguments = next(iter(entry.items()))
+    if kind == "choice":
+        return value in arguments
+    low, high = arguments
+    if kind == "int" and not float(value).is_integer():
+        return False
+    return low <= value <= high
+
+
+def base_point(space: dict[str, Any], base: Config) -> tuple[dict[str, Any] | None, list[str]]:
+    """The base config (the paper's defaults, with --config/--set laid over them) as one
+    point of the space: every searched key at the base's value. None, with the keys whose
+    value lies outside their range, when the space cannot produce it."""
+    point, outside = {}, []
+    for key, entry in space.items():
+        if not isinstance(entry, dict):
+            continue
+        value = _setting(base, key)
+        if _holds(entry, value):
+            point[key] = value
+        else:
+            outside.append(f"{key}={value!r}")
+    return (None if outside else point), outside

@@ -79,13 +79,15 @@ class StudySearch(OptunaSearch):
     """
 
     def __init__(self, *, url: str | None, study_name: str, metrics: list[str],
-                 epochs: int, seed: int, concurrent: int, **kwargs: Any):
+                 epochs: int, seed: int, concurrent: int, trials: int, **kwargs: Any):
         import optuna
 
         storage = optuna.storages.RDBStorage(url) if url is not None else None
         # With trials running at once, the constant liar keeps TPE from sending them all to
-        # the same region.
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=concurrent > 1)
+        # the same region. Its random start-up trials fit the budget (Optuna's 10 would
+        # outnumber a small search's trials, which then never sees TPE propose one).
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=concurrent > 1,
+                                             n_startup_trials=startup_trials(trials))
         modes = [metric_mode(metric) for metric in metrics]
         several = len(metrics) > 1
         self._metrics = list(metrics)  # before the study is set up: it names the objectives
@@ -136,6 +138,12 @@ class StudySearch(OptunaSearch):
             return None
         best = self._best.get(trial_id, {m: result.get(m) for m in self._metrics})
         return super().on_trial_complete(trial_id, {**result, **best}, error)
+
+
+def startup_trials(trials: int) -> int:
+    """Random trials before TPE proposes: a third of the search (2 to 10); an enqueued
+    trial (the paper's configuration) counts among them."""
+    return max(2, min(10, round(trials / 3)))
 
 
 def _sign(direction) -> int:
