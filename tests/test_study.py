@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -232,3 +233,30 @@ def test_with_few_trials_to_the_end_all_compare_at_the_epoch_all_reached(tmp_pat
     assert over == "all 20 trials at epoch 2, which each of them reached"
     assert importances.iloc[0]["parameter"] == "x"  # it drives the score
     assert (tmp_path / "importance.png").exists()
+
+
+STRAY_LINE_SCRIPT = """
+import sys
+from ray import tune
+from tuning.study import StudySearch, what_mattered
+from pathlib import Path
+folder = Path(sys.argv[1])
+url = f"sqlite:///{folder}/study.db"
+search = StudySearch(url=url, study_name="exp", epochs=1, seed=0, concurrent=1, trials=8,
+                     space={"x": tune.uniform(0.0, 1.0)}, metrics=["valid_MAE"])
+for index in range(3):
+    config = search.suggest(f"t{index}")
+    result = {"valid_MAE": config["x"], "training_iteration": 1, "epoch": 1}
+    search.on_trial_result(f"t{index}", result)
+    search.on_trial_complete(f"t{index}", result)
+print("importances", len(what_mattered(url, "exp", folder)[0]))
+"""
+
+
+def test_what_mattered_prints_no_stray_study_line(tmp_path):
+    # in a process of its own: Optuna's log handler keeps the stderr it first saw
+    finished = subprocess.run([sys.executable, "-c", STRAY_LINE_SCRIPT, str(tmp_path)],
+                              capture_output=True, text=True, timeout=120, check=True)
+    assert "importances 1" in finished.stdout
+    assert "A new study created in RDB" in finished.stderr  # Optuna's own lines still show
+    assert "A new study created in memory" not in finished.stderr

@@ -218,7 +218,10 @@ def what_mattered(url: str, study_name: str, folder: Path) -> tuple[pd.DataFrame
                 study, target=lambda trial: trial.values[0], target_name=names[0])
         trials, over = equal_budget_trials(study)
         if trials:
+            verbosity = optuna.logging.get_verbosity()
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line
             compared = optuna.create_study(directions=study.directions)
+            optuna.logging.set_verbosity(verbosity)
             compared.add_trials(trials)
             compared.set_metric_names(names)
             # Optuna's default evaluator (PED-ANOVA) ranks what leads to low targets: a
