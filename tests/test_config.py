@@ -101,3 +101,14 @@ def test_every_way_of_choosing_the_modalities_counts():
         assert chosen and "v" not in config.model.modalities
     config, chosen = config_from_options(None, ["lambda_m=0.5"], epochs=3, seed=None)
     assert not chosen and config.train.lambda_m == 0.5 and config.train.epochs == 3
+
+
+def test_a_config_file_chooses_the_modalities_only_when_it_names_them(tmp_path):
+    from ucrn.config import config_from_options
+
+    silent = tmp_path / "empty.json"
+    silent.write_text("{}")
+    assert config_from_options(str(silent), None)[1] is False  # the data's own, then
+    for named in ('{"model": {"modalities": ["l", "a"]}}', '{"modalities": "l"}'):
+        (tmp_path / "named.json").write_text(named)
+        assert config_from_options(str(tmp_path / "named.json"), None)[1] is True

@@ -42,10 +42,10 @@ from tuning.study import (
 from tuning.tables import LiveTrialTable, pareto_front, rich_table, trial_rows
 from tuning.tables import console as table_console
 from tuning.trials import make_trainable, plan_trials, trial_state
-from ucrn.cli import metrics_table
 from ucrn.config import Config, apply_overrides, config_from_options, parse_set_options
 from ucrn.data.layout import Dataset
 from ucrn.data.synthetic import data_or_default
+from ucrn.display import metrics_table
 from ucrn.engine import evaluate, load_training_data, save_run
 from ucrn.errors import UcrnError, exit_status
 from ucrn.files import check_directory

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -19,29 +18,12 @@ from rich.table import Table
 
 from ucrn import MODALITY_NAMES, __version__
 from ucrn.config import config_from_options, parse_modalities
+from ucrn.display import metrics_table
 from ucrn.errors import UcrnError, exit_status
 from ucrn.files import check_directory, check_output_path
 
 console = Console(stderr=True)
 stdout = Console()
-
-
-def _format(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.4f}"
-
-
-def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
-    """A table with one row per metric and one column per split (or condition)."""
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in columns:
-        table.add_column(name, justify="right")
-    keys = list(dict.fromkeys(k for metrics in columns.values() for k in metrics))
-    for key in keys:
-        table.add_row(key, *(_format(metrics.get(key)) for metrics in columns.values()))
-    return table
 
 
 # ------------------------------------------------------------------------------------ data

@@ -19,6 +19,9 @@ from typing import Any
 from ucrn import MODALITIES
 from ucrn.errors import UcrnError
 
+# The tasks' names; ``ucrn.tasks`` holds what each one is (it needs torch, the config not).
+TASK_NAMES = ("regression", "binary", "seven_class", "emotions")
+
 # How the model standardises its inputs with train-split statistics (ucrn.data.batches).
 STANDARDISE = ("modality", "feature", "off")
 
@@ -79,9 +82,8 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UcrnError(f"{name}={getattr(self, name)}: must be in [0, 1)")
-        from ucrn.tasks import get_task  # the task table needs torch; the config does not
-
-        get_task(self.task)
+        if self.task not in TASK_NAMES:
+            raise UcrnError(f"task={self.task!r}: choose one of {', '.join(TASK_NAMES)}")
         if self.standardise not in STANDARDISE:
             raise UcrnError(
                 f"standardise={self.standardise!r}: choose one of {', '.join(STANDARDISE)}"
@@ -256,13 +258,18 @@ def config_from_options(
 ) -> tuple[Config, bool]:
     """The config a command was given — ``--config`` (else the paper's defaults), then
     ``--set``, then the command's own options (``None``: not given) — and whether the user
-    chose the modalities (``--modalities``, ``--config`` or ``--set [model.]modalities``).
-    Every entry point (``ucrn train``, the search, the evaluator) builds its config here."""
+    chose the modalities (``--modalities``, a ``--config`` that names them, as a search's
+    best.json does, or ``--set [model.]modalities``). Every entry point (``ucrn train``, the
+    search, the evaluator) builds its config here."""
     overrides: dict[str, Any] = parse_set_options(set_pairs or [])
-    chosen = bool(config_file) or options.get("modalities") is not None or any(
+    data = _read_config_file(config_file) if config_file else {}
+    model = data.get("model") if isinstance(data, dict) else None
+    named = isinstance(data, dict) and (
+        "modalities" in data or isinstance(model, dict) and "modalities" in model)
+    chosen = named or options.get("modalities") is not None or any(
         key.rsplit(".", 1)[-1] == "modalities" for key in overrides)
     overrides.update({key: value for key, value in options.items() if value is not None})
-    base = load_config(config_file) if config_file else Config()
+    base = _config_of_file(config_file, data) if config_file else Config()
     return apply_overrides(base, overrides), chosen
 
 
@@ -295,13 +302,20 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def load_config(path: str | Path) -> Config:
     """Read a config JSON file (``config.json`` of a run, ``best.json`` of a search)."""
+    return _config_of_file(path, _read_config_file(path))
+
+
+def _read_config_file(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UcrnError(f"config file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UcrnError(f"config file {path} is not valid JSON: {error}") from None
+
+
+def _config_of_file(path: str | Path, data: Any) -> Config:
     try:
         return config_from_dict(data)
     except UcrnError as error:
