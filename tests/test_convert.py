@@ -3,6 +3,7 @@ refused clearly — and a pickle that tries to run code is never run."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -213,3 +214,30 @@ def test_a_pickle_without_features_is_refused(tmp_path):
     with pytest.raises(UcrnError, match="none of the feature keys text, audio, vision"):
         convert_pickle("mult-pkl", _write(tmp_path / "x.pkl", data), tmp_path / "out.h5")
     assert not (tmp_path / "out.h5").exists()
+
+
+@pytest.mark.parametrize("kind", ["mmsa-pkl", "mult-pkl"])
+def test_a_files_own_metadata_key_is_kept_in_the_provenance_not_refused(tmp_path, kind,
+                                                                      capsys):
+    make = _mmsa_split if kind == "mmsa-pkl" else _mult_split
+    splits = {s: make(n, i) for i, (s, n) in enumerate(COUNTS.items())}
+    # as MMSA-FET writes its extraction settings beside the splits
+    splits["config"] = {"audio": {"tool": "librosa", "sample_rate": 16000},
+                        "video": {"tool": "openface", "fps": np.int64(25)}}
+    path = _write(tmp_path / "fet.pkl", splits)
+    assert main(["data", "convert", kind, str(path), "-o", str(tmp_path / "out.h5")]) == 0
+    err = capsys.readouterr().err
+    assert "note: top-level 'config' is the file's metadata, not a split" in err
+    attrs = read_attrs(tmp_path / "out.h5")
+    kept = json.loads(json.loads(attrs["source_metadata"])["config"])
+    assert kept["audio"]["tool"] == "librosa" and kept["video"]["fps"] == 25
+    assert set(load_dataset(tmp_path / "out.h5").splits) == {"train", "valid", "test"}
+    assert main(["data", "inspect", str(tmp_path / "out.h5")]) == 0
+    assert "source metadata 'config'" in capsys.readouterr().out
+
+
+def test_an_unknown_top_level_key_is_still_refused(tmp_path):
+    splits = {s: _mmsa_split(n, i) for i, (s, n) in enumerate(COUNTS.items())}
+    splits["extra"] = {"x": 1}
+    with pytest.raises(UcrnError, match="unknown split 'extra'"):
+        convert_pickle("mmsa-pkl", _write(tmp_path / "x.pkl", splits), tmp_path / "out.h5")

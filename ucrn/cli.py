@@ -154,6 +154,9 @@ def _print_summary(path: Path) -> None:
                 stdout.print(f"  {key}: {what} ({count:,})")
         for note in json.loads(attrs["notes"]):
             stdout.print(f"  note: {note}")
+        for key, text in json.loads(attrs.get("source_metadata", "{}")).items():
+            stdout.print(f"  source metadata {key!r}: {text[:300]}"
+                         + ("…" if len(text) > 300 else ""))
 
 
 # ----------------------------------------------------------------------------------- train

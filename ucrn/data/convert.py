@@ -39,6 +39,10 @@ ALLOWED_GLOBALS = {
 }
 SPLIT_NAMES = {"train": "train", "valid": "valid", "dev": "valid", "val": "valid",
                "test": "test"}
+# Top-level keys that describe a file rather than hold a split: MMSA-FET, the tool MMSA's
+# users extract their own features with, writes its extraction settings as "config".
+METADATA_KEYS = ("config", "args", "meta", "metadata")
+METADATA_CHARACTERS = 20_000  # kept in the provenance, cut beyond this
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -92,9 +96,11 @@ class Provenance:
     cleaned: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)  # the source's own, as JSON
 
     def attrs(self, counts: dict[str, int]) -> dict[str, Any]:
         return {
+            "source_metadata": json.dumps(self.metadata),
             "source_format": self.source_format,
             "source_files": json.dumps([{"path": f, "sha256": _sha256(Path(f))}
                                         for f in self.files]),
@@ -191,9 +197,23 @@ def _split_name(where: Path, name: str) -> str:
     return SPLIT_NAMES[name]
 
 
-def _check_splits(path: Path, data: Any) -> dict[str, dict]:
+def _metadata_text(value: Any) -> str:
+    """A metadata value as JSON (arrays as lists), cut to ``METADATA_CHARACTERS``."""
+    def plain(item: Any) -> Any:
+        return item.tolist() if isinstance(item, (np.ndarray, np.generic)) else str(item)
+
+    return json.dumps(value, default=plain)[:METADATA_CHARACTERS]
+
+
+def _check_splits(path: Path, data: Any, provenance: Provenance) -> dict[str, dict]:
+    """The splits of a pickle; its known metadata keys go to the provenance, said in a note."""
     if not isinstance(data, dict):
         raise UcrnError(f"{path}: expected a dict of splits, found a {type(data).__name__}")
+    for key in [k for k in data if str(k) in METADATA_KEYS]:
+        provenance.metadata[str(key)] = _metadata_text(data[key])
+        provenance.notes.append(f"top-level {str(key)!r} is the file's metadata, not a split: "
+                                "kept in the provenance (ucrn data inspect shows it)")
+    data = {name: content for name, content in data.items() if str(name) not in METADATA_KEYS}
     splits = {_split_name(path, str(name)): content for name, content in data.items()}
     missing = [s for s in SPLITS if s not in splits]
     if missing:
@@ -289,7 +309,7 @@ def read_split_pickle(path: Path, form: PickleFormat) -> tuple[dict[str, SourceS
     provenance = Provenance(form.name, [str(path)])
     splits: dict[str, SourceSplit] = {}
     found: dict[str, Any] = {}
-    for name, content in _check_splits(path, load_pickle(path)).items():
+    for name, content in _check_splits(path, load_pickle(path), provenance).items():
         where, labels = _split_labels(path, name, content, form.label_keys, form.described_as)
         features, lengths = {}, {}
         present = _present_modalities(where, name, content, _feature_keys(content), found)
