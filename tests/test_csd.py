@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from ucrn.cli import main
 from ucrn.data.csd import ComputationalSequence, convert_csd, standard_folds
@@ -96,21 +97,70 @@ def test_real_mosi_labels_and_standard_folds_give_the_standard_split_sizes(
     assert {i.split("[")[0] for i in dataset.split("valid").ids} == set(folds["valid"])
 
 
-def test_word_alignment_averages_audio_and_vision_over_each_word(
+def test_word_alignment_averages_the_audio_and_vision_rows_that_overlap_each_word(
         labels_path, mosi_features, tmp_path):
     convert_csd(labels_path, mosi_features, tmp_path / "mosi.h5",
                 folds=standard_folds("mosi"), seq_len=8)
     test = load_dataset(tmp_path / "mosi.h5").split("test")
-    segment = 0
-    assert test.lengths["l"][segment].item() == 4  # 4 words per segment
-    words = test.features["l"][segment, :4].numpy()
-    audio = test.features["a"][segment, :4].numpy()
-    for (start, end, _, _), frame in zip(words, audio, strict=True):
-        starts = np.arange(0.0, end + 1.0, 0.1)
-        inside = starts[(starts >= start - 1e-3) & (starts + 0.1 <= end + 1e-3)]
-        expected = inside.mean() if len(inside) else 0.0
-        assert frame[0] == pytest.approx(expected, abs=1e-4)
-    assert (test.features["l"][segment, 4:] == 0).all()  # padding at the end
+    own = (test.lengths["l"] == 4).nonzero()[:, 0]  # 4 words of its own, no neighbour's
+    assert len(own) > 0.8 * len(test)
+    for segment in own[:5].tolist():
+        words = test.features["l"][segment, :4].numpy()
+        for modality, rate in (("a", 0.1), ("v", 0.5)):
+            frames = test.features[modality][segment, :4].numpy()
+            for (start, end, _, _), frame in zip(words, frames, strict=True):
+                starts = np.arange(0.0, end + 1.0, rate)  # the fixture's frames and values
+                overlapping = starts[(starts < end - 1e-3) & (starts + rate > start + 1e-3)]
+                assert frame[0] == pytest.approx(overlapping.mean(), abs=1e-4)
+    assert (test.features["l"][own[0], 4:] == 0).all()  # padding at the end
+
+
+def _coarse_sequences(labels_path, tmp_path, shift: float = 0.0):
+    """One row per labelled segment (as the SDK's utterance-level openSMILE files), its
+    interval shifted by ``shift`` seconds, valued by its segment's number."""
+    labels = ComputationalSequence(labels_path, "labels")
+    videos = {}
+    for video in labels.videos():
+        _, intervals = labels.sequence(video)
+        values = np.arange(1, len(intervals) + 1, dtype=np.float32)[:, None].repeat(2, 1)
+        videos[video] = (values, intervals + shift)
+    labels.close()
+    return write_csd(tmp_path / "opensmile.csd", "openSMILE", videos)
+
+
+def test_a_feature_coarser_than_the_words_serves_every_word_it_spans(
+        labels_path, mosi_features, tmp_path):
+    coarse = _coarse_sequences(labels_path, tmp_path)
+    summary = convert_csd(labels_path, {"l": mosi_features["l"], "a": coarse},
+                          tmp_path / "out.h5", folds=standard_folds("mosi"))
+    audio = load_dataset(tmp_path / "out.h5").split("train").features["a"]
+    lengths = load_dataset(tmp_path / "out.h5").split("train").lengths["l"]
+    valid = torch.arange(audio.shape[1])[None, :] < lengths[:, None]
+    assert (audio[valid] != 0).all()  # once: every value 0.0, with no word about it
+    assert not any("overlaps" in key for key in summary["skipped"])
+
+
+def test_words_no_audio_row_overlaps_are_zeros_and_counted(labels_path, mosi_features,
+                                                           tmp_path):
+    # every audio row moved an hour later: no word of any segment overlaps one
+    late = _coarse_sequences(labels_path, tmp_path, shift=3600.0)
+    summary = convert_csd(labels_path, {"l": mosi_features["l"], "a": late},
+                          tmp_path / "out.h5", folds=standard_folds("mosi"))
+    dataset = load_dataset(tmp_path / "out.h5")
+    wordless = summary["skipped"].get("l: segments with no rows (one zero step)", 0)
+    steps = sum(int(split.lengths["l"].sum()) for split in dataset.splits.values())
+    assert summary["skipped"]["a: word steps no row overlaps (zeros)"] == steps - wordless
+    assert summary["skipped"]["a: segments no row overlaps at all (all zeros)"] == \
+        2199 - wordless
+
+
+def test_without_alignment_a_row_across_the_segments_start_is_kept(
+        labels_path, mosi_features, tmp_path):
+    straddling = _coarse_sequences(labels_path, tmp_path, shift=-0.3)  # starts before it
+    convert_csd(labels_path, {"l": mosi_features["l"], "a": straddling},
+                tmp_path / "own.h5", folds=standard_folds("mosi"), align=None)
+    train = load_dataset(tmp_path / "own.h5").split("train")
+    assert (train.features["a"][:, 0] != 0).all()
 
 
 def test_each_modality_can_keep_its_own_rate(labels_path, mosi_features, tmp_path):

@@ -5,10 +5,13 @@ A ``.csd`` is an HDF5 file with one root group holding ``data/<video>/features``
 sequence holds one row per opinion segment (features (n, 1): the sentiment score).
 
 Each labelled segment of a video — numbered from 1 in time order, id ``video[k]`` — takes,
-for each modality, the feature rows whose intervals lie inside the segment's interval, in
-time order. With ``align="l"`` (the SDK's usual word alignment) every language row is one
-time step, and audio and vision are averaged over the rows inside that word's interval
-(zeros when none); otherwise each modality keeps its own rate. Sequences longer than
+for each modality, the feature rows whose intervals overlap the segment's interval, in
+time order (the CMU-SDK aligns by intersection). With ``align="l"`` (the SDK's usual word
+alignment) every language row is one time step, clipped to the segment, and audio and
+vision are averaged over the rows that overlap that word's interval — a row coarser than a
+word (an utterance-level openSMILE vector, a video frame longer than a short word) serves
+every word it spans — with zeros, counted, where no row overlaps; otherwise each modality
+keeps its own rate. Sequences longer than
 ``seq_len`` keep their first ``seq_len`` steps; shorter ones are padded at the end and carry
 their length. A segment with no row of a modality gets one zero step (counted). Audio
 ``-inf`` (COVAREP) becomes 0, as in MulT's data (counted). Segments go to the split of
@@ -32,7 +35,7 @@ from ucrn.data.layout import SENTIMENT, SPLITS, create_dataset_file
 from ucrn.errors import UcrnError
 
 FOLDS_DIR = Path(__file__).resolve().parent / "folds"
-TOLERANCE = 1e-3  # seconds: rows touching a segment's edge count as inside
+TOLERANCE = 1e-3  # seconds: rows that only touch an interval's edge do not overlap it
 CHUNK = 512  # segments written at a time
 
 
@@ -152,26 +155,35 @@ def _segments(labels: ComputationalSequence) -> dict[str, list[Segment]]:
     return result
 
 
-def _inside(intervals: np.ndarray, start: float, end: float) -> np.ndarray:
-    """Indices of the rows whose interval lies inside [start, end] (rows sorted by start)."""
-    first = np.searchsorted(intervals[:, 0], start - TOLERANCE, side="left")
+def _overlapping(intervals: np.ndarray, start: float, end: float, longest: float) -> np.ndarray:
+    """Indices of the rows that share part of [start, end], in time order: rows whose
+    interval overlaps it by more than ``TOLERANCE``, and instants (rows of no duration)
+    inside it. ``longest`` is the longest row's duration (rows sorted by start)."""
+    first = np.searchsorted(intervals[:, 0], start - longest - TOLERANCE, side="left")
     last = np.searchsorted(intervals[:, 0], end + TOLERANCE, side="right")
     candidates = np.arange(first, last)
-    return candidates[intervals[candidates, 1] <= end + TOLERANCE]
+    begins, ends = intervals[candidates, 0], intervals[candidates, 1]
+    overlap = (begins < end - TOLERANCE) & (ends > start + TOLERANCE)
+    instant = (ends - begins <= 2 * TOLERANCE) & (begins >= start - TOLERANCE) & \
+        (begins <= end + TOLERANCE)
+    return candidates[overlap | instant]
 
 
-def _average_over(features: np.ndarray, intervals: np.ndarray,
-                  steps: np.ndarray) -> np.ndarray:
-    """Mean of the rows inside each step interval (zeros where none): (len(steps), d)."""
-    starts = np.searchsorted(intervals[:, 0], steps[:, 0] - TOLERANCE, side="left")
-    stops = np.searchsorted(intervals[:, 0], steps[:, 1] + TOLERANCE, side="right")
+def _average_over(features: np.ndarray, intervals: np.ndarray, longest: float,
+                  steps: np.ndarray) -> tuple[np.ndarray, int]:
+    """The CMU-SDK's alignment: for each step interval, the mean of the rows that overlap
+    it (a row coarser than a step, e.g. one utterance-level vector, serves every step it
+    spans); zeros where no row does. Returns the (len(steps), d) rows and how many steps
+    no row overlapped."""
     result = np.zeros((len(steps), features.shape[1]), dtype=np.float32)
-    for row, (first, last) in enumerate(zip(starts, stops, strict=True)):
-        chosen = np.arange(first, last)
-        chosen = chosen[intervals[chosen, 1] <= steps[row, 1] + TOLERANCE]
+    empty = 0
+    for row, (start, end) in enumerate(steps):
+        chosen = _overlapping(intervals, start, end, longest)
         if len(chosen):
             result[row] = features[chosen].mean(axis=0)
-    return result
+        else:
+            empty += 1
+    return result, empty
 
 
 class _Converter:
@@ -181,6 +193,7 @@ class _Converter:
         self.provenance = provenance
         self.dims: dict[str, int] = {}
         self._cache: tuple[str, dict] | None = None
+        self._longest: dict[str, float] = {}  # the cached video's longest row, per modality
 
     def _video(self, video: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if self._cache is None or self._cache[0] != video:
@@ -200,7 +213,15 @@ class _Converter:
                                     f"{int((~np.isfinite(values)).sum())} NaN or infinite "
                                     "values; clean the source first")
             self._cache = (video, sequences)
+            self._longest = {m: float((i[:, 1] - i[:, 0]).max(initial=0.0))
+                             for m, (_, i) in sequences.items()}
         return self._cache[1]
+
+    def feature_sizes(self, video: str) -> dict[str, int]:
+        """Each modality's feature size, from ``video``'s sequences (counting nothing twice:
+        its segments are converted later from the same cached sequences)."""
+        self._video(video)
+        return self.dims
 
     def _count(self, kind: str, what: str, count: int) -> None:
         table = getattr(self.provenance, kind)
@@ -212,14 +233,30 @@ class _Converter:
         rows: dict[str, np.ndarray] = {}
         if self.align:
             values, intervals = sequences[self.align]
-            chosen = _inside(intervals, segment.start, segment.end)
-            steps = intervals[chosen]
+            chosen = _overlapping(intervals, segment.start, segment.end,
+                                  self._longest[self.align])
+            if len(chosen) > self.seq_len:  # every modality keeps the first seq_len steps
+                for modality in sequences:
+                    self._count("cleaned", f"{modality}: segments cut to {self.seq_len} steps",
+                                1)
+                chosen = chosen[: self.seq_len]
+            steps = np.clip(intervals[chosen], segment.start, segment.end)  # as the SDK clips
             for modality, (other, other_intervals) in sequences.items():
-                rows[modality] = values[chosen] if modality == self.align else \
-                    _average_over(other, other_intervals, steps)
+                if modality == self.align:
+                    rows[modality] = values[chosen]
+                    continue
+                rows[modality], empty = _average_over(other, other_intervals,
+                                                      self._longest[modality], steps)
+                if empty:
+                    self._count("skipped", f"{modality}: word steps no row overlaps (zeros)",
+                                empty)
+                if len(steps) and empty == len(steps):
+                    self._count("skipped", f"{modality}: segments no row overlaps at all "
+                                "(all zeros)", 1)
         else:
             for modality, (values, intervals) in sequences.items():
-                rows[modality] = values[_inside(intervals, segment.start, segment.end)]
+                rows[modality] = values[_overlapping(intervals, segment.start, segment.end,
+                                                     self._longest[modality])]
         result = {}
         for modality, values in rows.items():
             if len(values) == 0:
@@ -319,7 +356,7 @@ def _chunks(items: list[Segment]) -> Iterator[tuple[int, list[Segment]]]:
 def _write(output: str | Path, per_split: dict[str, list[Segment]], converter: _Converter,
            modalities: list[str], provenance: Provenance, counts: dict[str, int],
            name: str) -> None:
-    converter.segment(per_split["train"][0])  # learns the feature sizes
+    converter.feature_sizes(per_split["train"][0].video)
     # The provenance is written last, so that it holds every count.
     with create_dataset_file(
         output, name=name, task="regression", modalities=modalities,
