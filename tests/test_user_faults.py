@@ -282,3 +282,87 @@ def test_resources_the_cluster_can_never_give_are_one_line(tiny_mosi, tmp_path):
                                   "--storage", str(tmp_path))
     assert finished.returncode == 2
     assert "no trial could ever start" in _last_line(finished)
+
+
+# ------------------------------------------------------------------ one run per folder
+
+HOLDER = ("import sys\nfrom ucrn.files import hold_folder\n"
+          "with hold_folder(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+
+
+@pytest.fixture
+def held_folder(tmp_path):
+    """A folder that another live process holds as its run folder."""
+    folder = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == "held"
+    yield folder
+    holder.communicate("", timeout=30)  # end of input: it lets go and exits
+    assert holder.returncode == 0 and not (folder / ".ucrn-lock").exists()
+
+
+def test_a_folder_is_one_runs_while_it_runs_and_free_again_after(tmp_path):
+    from ucrn.errors import UcrnError
+    from ucrn.files import hold_folder
+
+    with hold_folder(tmp_path / "run") as folder:
+        with pytest.raises(UcrnError, match=r"in use by a run that is still going \(pid "):
+            with hold_folder(folder):
+                pass
+    with hold_folder(tmp_path / "run"):
+        pass
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_a_killed_runs_folder_is_free_at_once(tmp_path):
+    from ucrn.files import hold_folder
+
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait(timeout=30)
+    with hold_folder(folder):  # the operating system released its lock with it
+        pass
+
+
+def test_a_second_training_into_a_folder_in_use_is_one_line(held_folder, tiny_mosi, capsys):
+    assert main(["train", "--data", str(tiny_mosi), "--epochs", "1", *FAST,
+                 "--out", str(held_folder)]) == 2
+    line = _one_line(capsys)
+    assert f"--out {held_folder} is in use by a run that is still going (pid " in line
+    assert not (held_folder / "metrics.json").exists()
+
+
+def test_a_search_into_an_experiment_in_use_is_one_line_before_ray(held_folder, tiny_mosi,
+                                                                   capsys):
+    from tuning.search import main as search
+
+    (held_folder / "tuner.pkl").write_bytes(b"")  # the running search's experiment state
+    line = fails_before_ray(capsys, search, "search", "--data", str(tiny_mosi),
+                            "--storage", str(held_folder.parent), "--name", held_folder.name,
+                            "--resume")
+    assert f"experiment {held_folder} is in use by a run that is still going" in line
+
+
+def test_an_evaluation_into_a_folder_in_use_is_one_line_before_ray(held_folder, tiny_mosi,
+                                                                  capsys):
+    from tuning.evaluate import main as evaluate
+
+    line = fails_before_ray(capsys, evaluate, "evaluate", "--data", str(tiny_mosi),
+                            "--seeds", "1", "--ablations", "none", "--out", str(held_folder))
+    assert f"--out {held_folder} is in use by a run that is still going" in line
+
+
+@pytest.mark.parametrize("where, message", [("file", "is a file"), ("under", "is a file")])
+def test_an_evaluation_output_that_cannot_be_a_folder_is_one_line(tmp_path, tiny_mosi,
+                                                                 capsys, where, message):
+    from tuning.evaluate import main as evaluate
+
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if where == "file" else tmp_path / "f" / "inner"
+    line = fails_before_ray(capsys, evaluate, "evaluate", "--data", str(tiny_mosi),
+                            "--seeds", "1", "--ablations", "none", "--out", str(out))
+    assert message in line

@@ -50,7 +50,7 @@ from ucrn.data.layout import Dataset
 from ucrn.data.synthetic import data_or_default
 from ucrn.engine import load_training_data
 from ucrn.errors import UcrnError, exit_status
-from ucrn.files import atomic_write, check_directory
+from ucrn.files import atomic_write, check_directory, hold_folder
 from ucrn.metrics import is_better
 from ucrn.model import UCRN, count_parameters
 from ucrn.robustness import drop_percent
@@ -446,8 +446,14 @@ def report_markdown(plan: EvaluationPlan, tables: dict[str, pd.DataFrame], secon
 
 
 def run_evaluation(plan: EvaluationPlan) -> Path:
+    """Every pending run, then the tables; ``--out`` is this evaluation's alone while it
+    runs (a second one is refused)."""
+    with hold_folder(plan.out, "--out"):
+        return _run_evaluation(plan)
+
+
+def _run_evaluation(plan: EvaluationPlan) -> Path:
     started = time.perf_counter()
-    plan.out.mkdir(parents=True, exist_ok=True)
     done = finished_runs(plan.out)
     # Seed by seed, so that a stopped evaluation leaves whole seeds (every variant) done.
     wanted = [(variant, seed) for seed in plan.seeds for variant in plan.variants]

@@ -48,7 +48,7 @@ from ucrn.data.synthetic import data_or_default
 from ucrn.display import metrics_table
 from ucrn.engine import evaluate, load_training_data, save_run
 from ucrn.errors import UcrnError, exit_status
-from ucrn.files import check_directory
+from ucrn.files import check_directory, hold_folder
 from ucrn.metrics import ROBUST_PREFIX
 from ucrn.metrics import mode as metric_mode
 from ucrn.state import FitResult
@@ -258,7 +258,15 @@ def _save_best_run(experiment: str, result: FitResult) -> None:
 
 
 def run_search(plan: SearchPlan) -> dict[str, Any]:
-    """Start or join Ray, run the search, score the best checkpoint on test once."""
+    """Start or join Ray, run the search, score the best checkpoint on test once; the
+    experiment folder is this search's alone while it runs (a second one is refused)."""
+    if _is_uri(plan.experiment):
+        return _run_search(plan)
+    with hold_folder(plan.experiment, "experiment"):
+        return _run_search(plan)
+
+
+def _run_search(plan: SearchPlan) -> dict[str, Any]:
     args = plan.args
     session = start_ray(args.address)
     resources, waits = plan_trials(args, session, plan.base, plan.dataset, console.print)

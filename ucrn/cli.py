@@ -20,7 +20,7 @@ from ucrn import MODALITY_NAMES, __version__
 from ucrn.config import config_from_options, parse_modalities
 from ucrn.display import metrics_table
 from ucrn.errors import UcrnError, exit_status
-from ucrn.files import check_directory, check_output_path
+from ucrn.files import LOCK_FILE, check_directory, check_output_path, hold_folder
 
 console = Console(stderr=True)
 stdout = Console()
@@ -180,7 +180,8 @@ def _new_training(args: argparse.Namespace, out_dir: Path):
 
     config, modalities_chosen = config_from_options(
         args.config, args.set, modalities=args.modalities, epochs=args.epochs, seed=args.seed)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
+    if out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()) \
+            and not args.overwrite:
         raise UcrnError(f"--out {out_dir} is not empty; choose another directory, --overwrite, "
                         "or --resume an interrupted run")
     resolve_device(args.device)
@@ -221,13 +222,19 @@ def _resumed_training(args: argparse.Namespace, out_dir: Path):
 
 
 def command_train(args: argparse.Namespace) -> None:
-    from ucrn.engine import fit, save_run, select_metric
-
     if args.resume and not args.out:
         raise UcrnError("--resume needs --out: the run directory to continue")
     out_dir = Path(args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"))
     start = _resumed_training if args.resume else _new_training
-    config, dataset, data_path, state = start(args, out_dir)
+    prepared = start(args, out_dir)  # every input checked; nothing written yet
+    with hold_folder(out_dir, "--out"):  # one run per folder: a second one is refused
+        _train_in(args, out_dir, *prepared)
+
+
+def _train_in(args: argparse.Namespace, out_dir: Path, config, dataset, data_path,
+              state) -> None:
+    from ucrn.engine import fit, save_run, select_metric
+
     metric = select_metric(config)
     console.print(
         f"{'resuming' if state else 'training'} UCRN on {data_path} · modalities "

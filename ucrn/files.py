@@ -94,3 +94,44 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+LOCK_FILE = ".ucrn-lock"
+
+
+@contextmanager
+def hold_folder(folder: str | Path, what: str = "folder") -> Iterator[Path]:
+    """``folder`` (made if missing) held by this process for the block: a second run that
+    asks for it meanwhile gets a ``UcrnError`` naming the holder. The lock is the operating
+    system's (``flock``), so it goes with the process, killed or not, and never blocks the
+    next run; its file is removed when the block ends."""
+    import fcntl
+
+    folder = check_directory(folder, what)
+    lock = folder / LOCK_FILE
+    while True:
+        handle = open(lock, "a+")  # noqa: SIM115 - held for the whole block
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UcrnError(f"{what} {folder} is in use by a run that is still going "
+                            f"({holder}); wait for it to end, or give another folder") from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file the last holder removed between our open and our lock
+            break
+        handle.close()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    try:
+        yield folder
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
