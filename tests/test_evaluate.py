@@ -174,3 +174,35 @@ def test_the_driver_writes_the_scores_its_trial_reported_and_scores_nothing_itse
                                last_result={"done": True})
     recorder.on_trial_complete(0, [], unscored)
     assert recorder.failed == ["full-seed5: its trial reported no scores"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_a_finished_run_writes_no_report_and_the_rerun_goes_on(tiny_mosi,
+                                                                            tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "tuning" / "evaluate.py"
+    out = tmp_path / "out"
+    command = [sys.executable, str(script), "--data", str(tiny_mosi), "--seeds", "3",
+               "--ablations", "none", "--max-concurrent", "1", *FAST, "--out", str(out)]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.monotonic() + 300
+    while not list((out / "runs").glob("*.json")):
+        assert driver.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = driver.communicate(timeout=180)
+    assert driver.returncode == 130, err[-2000:]
+    assert "evaluate: interrupted" in err.strip().splitlines()[-1]
+    assert not (out / "REPORT.md").exists()  # no report from a part of the seeds
+    finished = len(list((out / "runs").glob("*.json")))
+    assert 1 <= finished < 3
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{finished} already done" in rerun.stderr
+    assert (out / "REPORT.md").exists() and len(list((out / "runs").glob("*.json"))) == 3

@@ -491,23 +491,56 @@ def test_a_search_whose_trials_stop_reporting_fails_with_one_line(tiny_mosi, tmp
     assert not (tmp_path / "exp" / "best.json").exists()
 
 
+def _wait_for(condition, driver: subprocess.Popen, what: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert driver.poll() is None, f"the command ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {seconds:g} s"
+        time.sleep(0.1)
+
+
+def _first_epoch_reported(experiment: Path) -> bool:
+    return any(r.read_text().strip() for r in experiment.glob("*/result.json"))
+
+
+def _ray_started(driver: subprocess.Popen) -> bool:
+    """Ray is starting: the driver has started a process of its own."""
+    return bool(psutil.Process(driver.pid).children(recursive=True))
+
+
+INTERRUPTED_SEARCH = ["--num-samples", "2", "--epochs", "6", "--grace-period", "6",
+                      "--max-concurrent", "1", "--set", "urm_layers=1", "--set", "crm_layers=1"]
+
+
 @pytest.mark.slow
-def test_an_interrupted_search_says_so_and_scores_nothing(tiny_mosi, tmp_path):
-    driver = subprocess.Popen(
-        [*SEARCH, "--data", str(tiny_mosi), *TINY_SEARCH[2:], "--num-samples", "1000",
-         "--max-concurrent", "1", "--storage", str(tmp_path), "--name", "exp"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("moment", ["while Ray starts", "in the first trial"])
+def test_ctrl_c_at_any_moment_exits_130_scores_nothing_and_resumes(tiny_mosi, tmp_path,
+                                                                    moment):
+    command = [*SEARCH, "--data", str(tiny_mosi), *INTERRUPTED_SEARCH, "--storage",
+               str(tmp_path), "--name", "exp"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
     experiment = tmp_path / "exp"
-    deadline = time.monotonic() + 300
-    while not _completed_trials(experiment) and time.monotonic() < deadline:
-        assert driver.poll() is None, "the search ended before it could be interrupted"
-        time.sleep(0.5)
+    if moment == "while Ray starts":
+        _wait_for(lambda: _ray_started(driver), driver, "Ray's start", seconds=60)
+    else:
+        _wait_for(lambda: _first_epoch_reported(experiment), driver, "first epoch")
     driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
     _, err = driver.communicate(timeout=180)
     assert driver.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "search: interrupted; continue with --resume"
     assert not (experiment / "best.json").exists()  # nothing was scored on test
-    assert len(pd.read_csv(experiment / "trials.csv")) >= 1  # what ran is on record
+    if moment == "while Ray starts":
+        return  # no experiment yet: a new search starts afresh
+    trials = pd.read_csv(experiment / "trials.csv")
+    assert trials.loc[0, "status"] == "interrupted" and trials.loc[0, "epochs"] < 6
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = pd.read_csv(experiment / "trials.csv")
+    assert len(trials) == 2 and set(trials["status"]) == {"done"}
+    assert set(trials["epochs"]) == {6}  # the interrupted trial went on to its end
+    assert (experiment / "best.json").exists()
 
 
 def test_the_paper_trial_can_be_left_out(tiny_mosi, tmp_path):

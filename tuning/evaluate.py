@@ -33,7 +33,7 @@ from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.figures import robustness_bars, seed_strip_plot
-from tuning.progress import ProgressWatch, TrialUserErrors, check_ran_to_end
+from tuning.progress import Interruption, ProgressWatch, TrialUserErrors, check_ran_to_end
 from tuning.ray_start import sharing_note, start_ray
 from tuning.tables import (
     condition_table,
@@ -266,7 +266,8 @@ def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    grid = tuner.fit()
+    with Interruption.experiment():
+        grid = tuner.fit()
     check_ran_to_end(grid.num_terminated + grid.num_errors, len(pending),
                      "rerun the same command to continue")
     if recorder.failed:
@@ -479,8 +480,9 @@ def _run_evaluation(plan: EvaluationPlan) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return exit_status(lambda: run_evaluation(plan_evaluation(argv)), "evaluate",
-                       "finished runs are kept; rerun the same command to continue")
+    with Interruption.handled():
+        return exit_status(lambda: run_evaluation(plan_evaluation(argv)), "evaluate",
+                           "finished runs are kept; rerun the same command to continue")
 
 
 if __name__ == "__main__":

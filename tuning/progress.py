@@ -8,6 +8,9 @@ or write a report; ``check_ran_to_end`` tells them apart.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -55,12 +58,86 @@ class ProgressWatch(Stopper):
         return False
 
 
+class Interruption:
+    """Ctrl-C (SIGINT) with one outcome whatever the moment it comes: the command exits 130,
+    nothing is scored on test, what ran is on record and ``--resume`` goes on.
+
+    Tune's own SIGINT handler is off (``TUNE_DISABLE_SIGINT_HANDLER``): it let ``fit()``
+    return as if the experiment had finished. This handler, installed for the whole command,
+    remembers the request; inside the experiment it hands it to Tune's interruption path
+    (SIGUSR1, which saves the experiment's state with the running trials resumable), outside
+    it raises ``KeyboardInterrupt`` at once. A second Ctrl-C always raises.
+    """
+
+    requested: ClassVar[bool] = False
+    in_experiment: ClassVar[bool] = False
+    running: ClassVar[set[str]] = set()  # the trials running now (``InterruptionRecord``)
+
+    @classmethod
+    @contextlib.contextmanager
+    def handled(cls):
+        """Around a command's whole run (the main thread only)."""
+        cls.requested, cls.in_experiment, cls.running = False, False, set()
+        previous = signal.signal(signal.SIGINT, cls._on_signal)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    @classmethod
+    def _on_signal(cls, signum, frame) -> None:
+        again = cls.requested
+        cls.requested = True
+        if not cls.in_experiment or again:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's interruption: state saved, resumable
+
+    @classmethod
+    @contextlib.contextmanager
+    def experiment(cls):
+        """Around ``Tuner.fit``."""
+        if cls.requested:
+            raise KeyboardInterrupt
+        cls.in_experiment = True
+        try:
+            yield
+        finally:
+            cls.in_experiment = False
+
+
+    @classmethod
+    def interrupted(cls, trial_id: str) -> bool:
+        """Whether Ctrl-C stopped this trial while it ran."""
+        return cls.requested and trial_id in cls.running
+
+
+class InterruptionRecord(Callback):
+    """Keeps ``Interruption.running``: the trials that were running when Ctrl-C came were
+    interrupted, whatever status Tune gives them as it stops them."""
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if not Interruption.requested:
+            Interruption.running.add(trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not Interruption.requested:
+            Interruption.running.discard(trial.trial_id)
+
+    on_trial_error = on_trial_complete
+
+
 def check_ran_to_end(finished: int, expected: int, how_to_continue: str) -> None:
     """Raise unless ``finished`` (trials that ended, done or failed) is ``expected``.
 
     A stalled experiment fails with one line; otherwise an experiment that ended early was
-    interrupted by the user, and ``KeyboardInterrupt`` carries that to the command's exit.
+    interrupted by the user, and ``KeyboardInterrupt`` carries that to the command's exit —
+    as does a Ctrl-C whatever Tune made of it.
     """
+    if Interruption.requested:
+        raise KeyboardInterrupt
     if TrialUserErrors.message is not None:
         raise UcrnError(TrialUserErrors.message)
     if ProgressWatch.stalled_after is not None:

@@ -27,6 +27,8 @@ RAY_ENVIRONMENT = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_TRAIN_V2_ENABLED": "1",
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's own console output; the search draws its own table
+    # Ctrl-C is tuning.progress.Interruption's: Tune's handler made fit() return as if done.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
     # Tune snapshots the experiment after each trial checkpoint when it keeps one per trial
     # (cheap on local storage) and would warn about it every few seconds.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",

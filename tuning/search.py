@@ -28,7 +28,13 @@ from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.figures import pareto_plot
-from tuning.progress import ProgressWatch, TrialUserErrors, check_ran_to_end
+from tuning.progress import (
+    Interruption,
+    InterruptionRecord,
+    ProgressWatch,
+    TrialUserErrors,
+    check_ran_to_end,
+)
 from tuning.ray_start import sharing_note, start_ray
 from tuning.space import base_point, load_space, to_tune, trial_overrides
 from tuning.study import (
@@ -285,7 +291,8 @@ def _run_search(plan: SearchPlan) -> dict[str, Any]:
         console.print(f"note: the paper's configuration lies outside the space "
                       f"({', '.join(plan.outside)}), so it is not one of the trials")
     started = time.perf_counter()
-    grid = _tuner(plan, resources, searched, waits).fit()
+    with Interruption.experiment():
+        grid = _tuner(plan, resources, searched, waits).fit()
     return _record_search(plan, grid, searched, time.perf_counter() - started)
 
 
@@ -320,7 +327,7 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
         run_config=tune.RunConfig(
             name=plan.name, storage_path=storage, verbose=0, stop=ProgressWatch(args.stall_minutes),
             callbacks=[LiveTrialTable(plan.metric, searched, args.epochs), TrialUserErrors(),
-                       *waits],
+                       InterruptionRecord(), *waits],
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -442,7 +449,11 @@ TRIAL_STATUS = {"TERMINATED": "done", "ERROR": "error", "PENDING": "not started"
 
 def _status(trial, result) -> str:
     """done (all epochs, or stopped early by ASHA), error, not started or interrupted."""
-    return "error" if result.error else TRIAL_STATUS.get(trial.status, "interrupted")
+    if result.error:
+        return "error"
+    if Interruption.interrupted(trial.trial_id):
+        return "interrupted"
+    return TRIAL_STATUS.get(trial.status, "interrupted")
 
 
 def _trial_id(result) -> str:
@@ -450,8 +461,9 @@ def _trial_id(result) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return exit_status(lambda: run_search(plan_search(argv)), "search",
-                       "continue with --resume")
+    with Interruption.handled():
+        return exit_status(lambda: run_search(plan_search(argv)), "search",
+                           "continue with --resume")
 
 
 if __name__ == "__main__":
