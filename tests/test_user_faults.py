@@ -181,6 +181,53 @@ def test_inspect_checks_a_file_as_training_reads_it(write_small, capsys):
     assert "NaN or infinite" in _one_line(capsys)
 
 
+def _spoiled_file(tmp_path: Path, split_arrays) -> Path:
+    """A file in our layout written with h5py directly, so that any kind of array fits."""
+    import h5py
+
+    path = tmp_path / "spoiled.h5"
+    with h5py.File(path, "w") as file:
+        file.attrs.update(format="ucrn", version=1, name="x", task="regression",
+                          modalities=json.dumps(["l"]), label_names=json.dumps(["sentiment"]),
+                          source="test")
+        for split in ("train", "valid", "test"):
+            group = file.create_group(split)
+            for key, value in split_arrays().items():
+                group[key] = value
+    return path
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (lambda: {"l": torch.zeros(4, 0, 3).numpy(), "labels": [0.0] * 4,
+              "ids": [b"a", b"b", b"c", b"d"]}, "no time steps"),
+    (lambda: {"l": torch.zeros(4, 5, 0).numpy(), "labels": [0.0] * 4,
+              "ids": [b"a", b"b", b"c", b"d"]}, "no features"),
+    (lambda: {"l": torch.zeros(4, 5, 3).numpy(), "labels": [b"1.0", b"2", b"x", b"0"],
+              "ids": [b"a", b"b", b"c", b"d"]}, "key 'labels' holds object values"),
+])
+def test_inspect_refuses_every_file_training_cannot_use(tmp_path, capsys, arrays, message):
+    path = _spoiled_file(tmp_path, arrays)
+    assert main(["data", "inspect", str(path)]) == 2
+    line = _one_line(capsys)
+    assert str(path) in line and "split 'train'" in line and message in line
+    assert main(["train", "--data", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert message in _one_line(capsys)
+
+
+def test_labels_stored_as_strings_in_a_pickle_are_one_line(tmp_path, capsys):
+    import pickle
+
+    import numpy as np
+
+    split = {"text": np.zeros((3, 4, 2), np.float32), "audio": np.zeros((3, 4, 2), np.float32),
+             "vision": np.zeros((3, 4, 2), np.float32),
+             "labels": np.array([["1.5"], ["x"], ["0"]]), "id": np.array(["a", "b", "c"])}
+    path = tmp_path / "strings.pkl"
+    path.write_bytes(pickle.dumps({"train": split, "valid": split, "test": split}))
+    assert main(["data", "convert", "mult-pkl", str(path), "-o", str(tmp_path / "o.h5")]) == 2
+    assert "key 'labels' holds <U3 values; expected numbers" in _one_line(capsys)
+
+
 # -------------------------------------------------------------------- search, evaluate
 
 

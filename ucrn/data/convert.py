@@ -136,11 +136,19 @@ def _features(where: str, key: str, value: Any, count: int | None) -> np.ndarray
     if count is not None and array.shape[0] != count:
         raise UcrnError(f"{where} key {key!r} has {array.shape[0]} samples but the labels "
                         f"have {count}")
+    if 0 in array.shape[1:]:
+        raise UcrnError(f"{where} key {key!r} has shape {array.shape}: no "
+                        f"{'time steps' if array.shape[1] == 0 else 'features'}; a modality "
+                        "needs at least one of each (leave the modality out instead)")
     return array
 
 
 def _labels(where: str, key: str, value: Any) -> np.ndarray:
-    labels = np.asarray(_array(where, key, value, np.ndim(value)), dtype=np.float64)
+    labels = _array(where, key, value, np.ndim(value))
+    if not np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_:
+        raise UcrnError(f"{where} key {key!r} holds {labels.dtype} values; expected numbers "
+                        "(sentiment scores in [-3, 3])")
+    labels = np.asarray(labels, dtype=np.float64)
     if labels.size and labels.reshape(len(labels), -1).shape[1] != 1:
         raise UcrnError(f"{where} key {key!r} has shape {labels.shape}; expected one "
                         "sentiment score per sample")

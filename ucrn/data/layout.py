@@ -318,6 +318,11 @@ def _read_split(
             )
         if not np.issubdtype(array.dtype, np.floating):
             raise UcrnError(f"{where} key {modality!r} has dtype {array.dtype}; expected float32")
+        if 0 in array.shape[1:]:
+            raise UcrnError(
+                f"{where} key {modality!r} has shape {array.shape}: no "
+                f"{'time steps' if array.shape[1] == 0 else 'features'}; training needs at "
+                "least one of each (re-convert, or leave the modality out)")
         array = array.astype(np.float32, copy=False)
         _check_finite(array, where, modality)
         features[modality] = torch.from_numpy(array)
@@ -330,7 +335,15 @@ def _read_split(
 def _read_array(group: h5py.Group, where: str, key: str) -> np.ndarray:
     if key not in group:
         raise UcrnError(f"{where} has no key {key!r}; the file is incomplete or not ours")
-    return group[key][()]
+    if not isinstance(group[key], h5py.Dataset):
+        raise UcrnError(f"{where} key {key!r} is a {type(group[key]).__name__}, not an array; "
+                        "the file is not in the ucrn layout")
+    array = group[key][()]
+    if not isinstance(array, np.ndarray) or not (np.issubdtype(array.dtype, np.number)
+                                                 and array.dtype != np.bool_):
+        kind = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+        raise UcrnError(f"{where} key {key!r} holds {kind} values; expected numbers")
+    return array
 
 
 def _check_finite(array: np.ndarray, where: str, key: str) -> None:
