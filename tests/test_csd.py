@@ -236,3 +236,11 @@ def test_the_command_converts_csd_and_records_provenance(labels_path, mosi_featu
     assert json.loads(attrs["counts"]) == {"train": 1284, "valid": 229, "test": 686}
     assert main(["data", "inspect", str(output)]) == 0
     assert "converted from csd" in capsys.readouterr().out
+
+
+def test_a_sequence_length_that_cannot_fit_is_refused_before_writing(labels_path,
+                                                                      mosi_features, tmp_path):
+    with pytest.raises(UcrnError, match=r"--seq-len 1000000000 needs about .* smaller"):
+        convert_csd(labels_path, mosi_features, tmp_path / "huge.h5",
+                    folds=standard_folds("mosi"), seq_len=1_000_000_000)
+    assert not (tmp_path / "huge.h5").exists()

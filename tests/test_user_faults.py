@@ -124,6 +124,29 @@ def test_impossible_sizes_and_seeds_are_one_line(tmp_path, capsys, tiny_mosi, se
     assert message in _one_line(capsys)
 
 
+@pytest.mark.parametrize("seed", ["-5", str(2**40)])
+def test_a_seed_out_of_range_is_one_line_for_synthetic_data(tmp_path, capsys, seed):
+    assert _synth(tmp_path / "s.h5", "--seed", seed) == 2
+    assert f"--seed {seed}: give a whole number from 0 to 4,294,967,295" in _one_line(capsys)
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_a_noise_seed_out_of_range_is_one_line(trained_run, tiny_mosi, capsys):
+    assert main(["evaluate", "--checkpoint", str(trained_run), "--data", str(tiny_mosi),
+                 "--noise", "0.5", "--noise-seed", "-1"]) == 2
+    assert "noise seed -1: give a whole number from 0" in _one_line(capsys)
+
+
+def test_a_model_too_big_for_memory_is_refused_before_it_is_built(tmp_path, capsys, tiny_mosi):
+    settings = ["width=4096", "heads=4", "urm_layers=10", "crm_layers=10", "batch_size=256"]
+    arguments = [a for setting in settings for a in ("--set", setting)]
+    assert main(["train", "--data", str(tiny_mosi), *arguments, "--epochs", "1",
+                 "--out", str(tmp_path / "run")]) == 2
+    line = _one_line(capsys)
+    assert "this model needs about" in line and "free memory" in line
+    assert not (tmp_path / "run").exists()  # the run wrote nothing, so left nothing
+
+
 @pytest.mark.parametrize("device, message", [
     ("bogus", "not a device"), ("cuda", "no GPU"), ("meta", "runs on cpu or cuda"),
 ])

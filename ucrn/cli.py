@@ -225,8 +225,11 @@ def command_train(args: argparse.Namespace) -> None:
     if args.resume and not args.out:
         raise UcrnError("--resume needs --out: the run directory to continue")
     out_dir = Path(args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"))
+    from ucrn.engine import check_memory, resolve_device
+
     start = _resumed_training if args.resume else _new_training
     prepared = start(args, out_dir)  # every input checked; nothing written yet
+    check_memory(prepared[0], prepared[1], resolve_device(args.device))
     with hold_folder(out_dir, "--out"):  # one run per folder: a second one is refused
         _train_in(args, out_dir, *prepared)
 

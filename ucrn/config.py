@@ -19,6 +19,8 @@ from typing import Any
 from ucrn import MODALITIES
 from ucrn.errors import UcrnError
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds alike: 0 to this
+
 # The tasks' names; ``ucrn.tasks`` holds what each one is (it needs torch, the config not).
 TASK_NAMES = ("regression", "binary", "seven_class", "emotions")
 
@@ -114,7 +116,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
             _check_range(name, getattr(self, name), 1, MAX_COUNT)
         _check_range("lambda_m_warmup", self.lambda_m_warmup, 0, MAX_COUNT)
-        _check_range("seed", self.seed, 0, 2**32 - 1)
+        _check_range("seed", self.seed, 0, MAX_SEED)
         for name in ("learning_rate", "weight_decay", "grad_clip", "lambda_m", "lambda_c"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

@@ -36,6 +36,7 @@ from ucrn.data.batches import (
 from ucrn.data.layout import Dataset, Split, load_dataset, read_attrs
 from ucrn.errors import UcrnError
 from ucrn.files import atomic_write, check_directory
+from ucrn.footprint import activation_bytes, check_room, estimated_parameters, parameter_bytes
 from ucrn.losses import task_loss, ucrn_loss
 from ucrn.metrics import ROBUST_PREFIX, is_better
 from ucrn.model import UCRN
@@ -89,6 +90,16 @@ def prepare_config(config: Config, dataset: Dataset) -> Config:
         raise UcrnError(f"select_metric={metric!r} is not a validation metric of task "
                         f"{config.model.task!r} here; choose one of {', '.join(names)}")
     return config
+
+
+def check_memory(config: Config, dataset: Dataset, device: torch.device) -> None:
+    """Refuse, before anything is built, a model whose weights (built in this machine's
+    memory) and, on the CPU, batches cannot fit its free memory; the data are in memory
+    already. (A GPU trial checks its GPU's memory itself.)"""
+    need = parameter_bytes(estimated_parameters(config))
+    if device.type == "cpu":
+        need += activation_bytes(config, dataset)
+    check_room(need, "this model", "lower width, the layers or batch_size")
 
 
 def validation_metric_names(config: Config) -> tuple[str, ...]:
@@ -356,6 +367,7 @@ def fit(
     started = time.perf_counter()
     config = prepare_config(config, dataset)
     device = resolve_device(device)
+    check_memory(config, dataset, device)
     training = _Training(config, dataset, device, resume, wrap_model)
     state, patience = training.state, config.train.patience
     for epoch in range(state.epoch + 1, config.train.epochs + 1):

@@ -104,9 +104,11 @@ def hold_folder(folder: str | Path, what: str = "folder") -> Iterator[Path]:
     """``folder`` (made if missing) held by this process for the block: a second run that
     asks for it meanwhile gets a ``UcrnError`` naming the holder. The lock is the operating
     system's (``flock``), so it goes with the process, killed or not, and never blocks the
-    next run; its file is removed when the block ends."""
+    next run; its file is removed when the block ends, and the folder too when the block
+    made it and left it empty."""
     import fcntl
 
+    made = not Path(folder).exists()
     folder = check_directory(folder, what)
     lock = folder / LOCK_FILE
     while True:
@@ -135,3 +137,5 @@ def hold_folder(folder: str | Path, what: str = "folder") -> Iterator[Path]:
     finally:
         lock.unlink(missing_ok=True)
         handle.close()
+        if made and not any(folder.iterdir()):  # a run that wrote nothing leaves nothing
+            folder.rmdir()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ucrn.config import Config
 from ucrn.data.layout import Dataset, Split
+from ucrn.errors import UcrnError
 
 CUDA_CONTEXT_BYTES = 600 * 2**20  # one process's CUDA context and kernels, about 0.3–0.6 GB
 WEIGHT_COPIES = 6  # weights, gradients, Adam's two moments, best weights, a checkpoint copy
@@ -73,3 +74,30 @@ def packing_problem(need_bytes: int, runs: int, memory_bytes: int) -> str | None
            else "not even one fits: give smaller data or GPUs with more memory")
     return (f"{runs} trial(s) per GPU at about {gib(need_bytes)} each do not fit its "
             f"{gib(memory_bytes)}; {fix}")
+
+
+def check_room(need_bytes: int, what: str, fix: str, folder=None) -> None:
+    """Raise ``UcrnError`` before allocating when ``need_bytes`` cannot fit this machine's
+    free memory (or, with ``folder``, the free disk there)."""
+    import shutil
+
+    import psutil
+
+    if folder is not None:
+        free, where = shutil.disk_usage(folder).free, f"free disk at {folder}"
+    else:
+        free, where = psutil.virtual_memory().available, "free memory"
+    if need_bytes > free:
+        raise UcrnError(f"{what} needs about {gib(need_bytes)}, more than the {gib(free)} of "
+                        f"{where}; {fix}")
+
+
+def estimated_parameters(config: Config) -> int:
+    """UCRN's parameter count from its config alone, an upper estimate (about 15 % high for
+    the defaults), to refuse a model too big for memory before building it."""
+    model = config.model
+    width, ffn = model.width, model.ffn_multiplier
+    per_layer = (4 + 2 * ffn) * width * width + (6 + ffn) * width  # QKV, FC1, FFN, norms
+    inputs = sum(model.input_dims.get(m, 0) for m in model.modalities) * width
+    layers = len(model.modalities) * model.urm_layers + model.crm_layers
+    return inputs + layers * per_layer + (model.sqil_layers + 2) * (width * width + width)

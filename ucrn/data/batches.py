@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from ucrn.config import STANDARDISE
+from ucrn.config import MAX_SEED, STANDARDISE
 from ucrn.data.layout import Split
 from ucrn.errors import UcrnError
 
@@ -176,6 +176,8 @@ def bernoulli_noise(
     """A copy of ``split`` with Bernoulli-gated Gaussian noise on ``modalities`` (Table 5)."""
     if not 0.0 <= probability <= 1.0:
         raise UcrnError(f"noise probability {probability}: must be in [0, 1]")
+    if not 0 <= seed <= MAX_SEED:
+        raise UcrnError(f"noise seed {seed}: give a whole number from 0 to {MAX_SEED:,}")
     chosen = _check_modalities(
         split, split.modalities if modalities is None else modalities, "add noise to"
     )

@@ -33,6 +33,7 @@ from ucrn import MODALITIES
 from ucrn.data.convert import Provenance
 from ucrn.data.layout import SENTIMENT, SPLITS, create_dataset_file
 from ucrn.errors import UcrnError
+from ucrn.footprint import check_room
 
 FOLDS_DIR = Path(__file__).resolve().parent / "folds"
 TOLERANCE = 1e-3  # seconds: rows that only touch an interval's edge do not overlap it
@@ -356,7 +357,12 @@ def _chunks(items: list[Segment]) -> Iterator[tuple[int, list[Segment]]]:
 def _write(output: str | Path, per_split: dict[str, list[Segment]], converter: _Converter,
            modalities: list[str], provenance: Provenance, counts: dict[str, int],
            name: str) -> None:
-    converter.feature_sizes(per_split["train"][0].video)
+    dims = converter.feature_sizes(per_split["train"][0].video)
+    step_bytes = converter.seq_len * sum(dims.values()) * 4  # one segment, float32
+    fix = "give a smaller --seq-len (MOSI's segments have at most about 50 words)"
+    check_room(sum(counts.values()) * step_bytes, f"--seq-len {converter.seq_len}", fix,
+               folder=Path(output).resolve().parent)
+    check_room(2 * CHUNK * step_bytes, f"--seq-len {converter.seq_len}", fix)
     # The provenance is written last, so that it holds every count.
     with create_dataset_file(
         output, name=name, task="regression", modalities=modalities,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ucrn.config import MAX_SEED
 from ucrn.data.layout import SENTIMENT, SPLITS, create_dataset_file
 from ucrn.errors import UcrnError
 from ucrn.metrics import EMOTIONS
@@ -179,6 +180,8 @@ def synthesize(
         raise UcrnError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
     if not 0 < scale <= 1:
         raise UcrnError(f"--scale {scale}: must be in (0, 1]")
+    if not 0 <= seed <= MAX_SEED:
+        raise UcrnError(f"--seed {seed}: give a whole number from 0 to {MAX_SEED:,}")
     preset = PRESETS[preset_name]
     signal = {m: 1.0 for m in preset.dims} | (signal or {})
     wrong = {m: g for m, g in signal.items() if m not in preset.dims or not 0 <= g < 1e6}
