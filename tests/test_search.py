@@ -551,3 +551,19 @@ def test_the_paper_trial_can_be_left_out(tiny_mosi, tmp_path):
     assert plan_search([*given, "--no-paper-trial"]).base_point is None
     fixed = plan_search([*given, "--set", "urm_layers=2"]).base_point
     assert "urm_layers" not in fixed  # fixed for every trial, no longer searched
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"heads": {"choice": [2, "x"]}}, "heads='x': give a whole number"),
+    ({"heads": [2, 3]}, "heads=[2, 3]: give a whole number"),
+    ({"head_width": {"choice": [[8]]}}, "head_width=[8]: give a whole number"),
+])
+def test_a_space_value_of_the_wrong_type_is_one_line(capsys, tiny_mosi, tmp_path, space,
+                                                     message):
+    from tuning.search import main
+
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(space))
+    line = fails_before_ray(capsys, main, "search", "--data", str(tiny_mosi),
+                            "--space", str(path), "--storage", str(tmp_path))
+    assert message in line

@@ -4,6 +4,7 @@ value its best epoch, trials stopped early pruned, failed ones failed."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -131,6 +132,16 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://u@127.0.0.1/x", "no installed driver can open it (No module named 'MySQLdb')"),
+    ("nosuch://x", "is not a database URL"),
+    ("postgresql+psycopg://u@127.0.0.1:1/x", "cannot be opened"),  # nothing listens there
+])
+def test_a_study_storage_that_cannot_be_opened_is_refused(url, message):
+    with pytest.raises(UcrnError, match=re.escape(message)):
+        check_study_url(url)
 
 
 def test_the_study_lives_in_postgresql(postgres):

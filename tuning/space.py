@@ -193,8 +193,11 @@ def trial_overrides(trial_config: dict[str, Any], base: Config) -> dict[str, Any
     """A trial's sampled values as ``ucrn`` overrides: head_width becomes the width."""
     overrides = {k: v for k, v in trial_config.items() if k != "head_width"}
     if "head_width" in trial_config:
-        heads = int(overrides.get("heads", base.model.heads))
-        overrides["width"] = heads * int(trial_config["head_width"])
+        heads, head_width = overrides.get("heads", base.model.heads), trial_config["head_width"]
+        for key, value in (("heads", heads), ("head_width", head_width)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UcrnError(f"{key}={value!r}: give a whole number")
+        overrides["width"] = heads * head_width
     return overrides
 
 

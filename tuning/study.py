@@ -41,10 +41,28 @@ def check_study_url(url: str) -> None:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        make_url(url)
+        dialect = make_url(url).get_dialect()
     except ArgumentError:
         raise UcrnError(f"--study-storage {url!r} is not a database URL; give e.g. "
                         "sqlite:///path/study.db or postgresql://user@127.0.0.1/ucrn") from None
+    except Exception as error:  # noqa: BLE001 - an unknown dialect: NoSuchModuleError
+        raise UcrnError(f"--study-storage {url!r}: no database of that kind is known "
+                        f"({' '.join(str(error).split())[:160]})") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        raise UcrnError(f"--study-storage {url!r}: no installed driver can open it ({error}); "
+                        "install the database's Python driver (PostgreSQL: pip install "
+                        "'psycopg[binary]') or use sqlite:///") from None
+    if dialect.name != "sqlite":  # a server: it must answer now, not after Ray has started
+        from sqlalchemy import create_engine
+
+        try:
+            create_engine(url).connect().close()
+        except Exception as error:  # noqa: BLE001 - refused, unknown host, bad password
+            reason = " ".join(str(error).split("(Background on this error")[0].split())
+            raise UcrnError(f"--study-storage {url!r} cannot be opened ({reason[:200]}); "
+                            "is the database server running and the URL right?") from None
 
 
 def check_same_objectives(url: str, study_name: str, metrics: tuple[str, ...]) -> None:

@@ -20,7 +20,7 @@ from ucrn import MODALITY_NAMES, __version__
 from ucrn.config import config_from_options, parse_modalities
 from ucrn.display import metrics_table
 from ucrn.errors import UcrnError, exit_status
-from ucrn.files import LOCK_FILE, check_directory, check_output_path, hold_folder
+from ucrn.files import LOCK_FILE, check_directory, check_output_path, hold_folder, load_tensors
 
 console = Console(stderr=True)
 stdout = Console()
@@ -193,7 +193,6 @@ def _new_training(args: argparse.Namespace, out_dir: Path):
 
 def _resumed_training(args: argparse.Namespace, out_dir: Path):
     """(config, dataset, data path, state) of the interrupted run in ``out_dir``."""
-    import torch
 
     from ucrn.config import apply_overrides
     from ucrn.engine import load_training_data, resolve_device
@@ -208,11 +207,12 @@ def _resumed_training(args: argparse.Namespace, out_dir: Path):
     if not path.is_file():
         raise UcrnError(f"--resume: {path} does not exist (ucrn train writes it after every "
                         "epoch and removes it when the run ends)")
+    saved = load_tensors(path, "--resume:")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
         state, data_path = TrainingState.from_dict(saved["state"]), Path(saved["data"])
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same answer
-        raise UcrnError(f"--resume: {path} cannot be read ({error})") from None
+    except (KeyError, TypeError, UcrnError) as error:
+        raise UcrnError(f"--resume: {path} is not a resume point of ucrn train "
+                        f"({' '.join(str(error).split())[:200]})") from None
     resolve_device(args.device)
     config = state.config
     if args.epochs is not None:

@@ -35,7 +35,7 @@ from ucrn.data.batches import (
 )
 from ucrn.data.layout import Dataset, Split, load_dataset, read_attrs
 from ucrn.errors import UcrnError
-from ucrn.files import atomic_write, check_directory
+from ucrn.files import atomic_write, check_directory, load_tensors
 from ucrn.footprint import activation_bytes, check_room, estimated_parameters, parameter_bytes
 from ucrn.losses import task_loss, ucrn_loss
 from ucrn.metrics import ROBUST_PREFIX, is_better
@@ -411,12 +411,7 @@ def load_run(
         path = path / "model.pt"
     if not path.is_file():
         raise UcrnError(f"checkpoint {path} does not exist; give a directory made by ucrn train")
-    try:  # weights_only: a checkpoint is data and never runs code
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors alike
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise UcrnError(f"checkpoint {path} is not a model file written by ucrn "
-                        f"({type(error).__name__}: {reason[:200]})") from None
+    saved = load_tensors(path, "checkpoint")  # data only: loading never runs code
     if not isinstance(saved, dict) or not {"config", "state_dict"} <= set(saved):
         raise UcrnError(f"checkpoint {path} holds a {type(saved).__name__}, not the config and "
                         "weights that ucrn train writes")

@@ -139,3 +139,24 @@ def hold_folder(folder: str | Path, what: str = "folder") -> Iterator[Path]:
         handle.close()
         if made and not any(folder.iterdir()):  # a run that wrote nothing leaves nothing
             folder.rmdir()
+
+
+def load_tensors(path: str | Path, what: str) -> object:
+    """``torch.load`` of a file ucrn wrote (tensors, numbers, strings, lists, dicts), never
+    running code; anything else is a ``UcrnError`` in one line naming ``what`` and why."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors alike
+        text = " ".join(str(error).split())
+        if "weights only load failed" in text.lower() and "global" in text.lower():
+            reason = ("it holds Python objects beyond tensors and plain values, and loading "
+                      "those could run code, so ucrn does not load it")
+        elif "WeightsUnpickler error:" in text:  # not a pickle of data at all
+            detail = text.split("WeightsUnpickler error:", 1)[1].split(" Check the")[0]
+            reason = f"it is not a torch file of tensors: {detail.strip()[:120]}"
+        else:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            reason = f"{type(error).__name__}: {' '.join(first.split())[:200]}"
+        raise UcrnError(f"{what} {path} is not a file written by ucrn ({reason})") from None
