@@ -448,3 +448,23 @@ def test_a_garbage_resume_point_is_one_line_without_torchs_advice(tmp_path, caps
     line = _one_line(capsys)
     assert f"--resume: {run / 'checkpoint.pt'} is not a file written by ucrn (" in line
     assert "weights_only" not in line  # never the advice to load it as code
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("version", "x", "layout version 'x' is not supported"),
+    ("format", [1, 2], "not in the ucrn layout"),
+    ("modalities", 5, "attribute 'modalities' is not a JSON list"),
+    ("task", 3, "is not one of regression"),
+])
+def test_file_attributes_of_the_wrong_kind_are_one_line(tmp_path, capsys, tiny_mosi, key,
+                                                        value, message):
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "attrs.h5"
+    shutil.copy(tiny_mosi, path)
+    with h5py.File(path, "a") as file:
+        file.attrs[key] = value
+    assert main(["data", "inspect", str(path)]) == 2
+    assert message in _one_line(capsys)

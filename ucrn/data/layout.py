@@ -222,12 +222,14 @@ def read_attrs(path: str | Path) -> dict:
 
 
 def _checked_attrs(file: h5py.File, path: Path) -> dict:
-    if file.attrs.get("format") != FORMAT:
+    form = file.attrs.get("format")
+    if not isinstance(form, str) or form != FORMAT:
         raise UcrnError(
             f"{path} is an HDF5 file but not in the ucrn layout (format attribute "
-            f"{file.attrs.get('format')!r}); convert it with `ucrn data convert`"
+            f"{form!r}); convert it with `ucrn data convert`"
         )
-    if int(file.attrs.get("version", -1)) != VERSION:
+    version = file.attrs.get("version", -1)
+    if not isinstance(version, (int, np.integer)) or int(version) != VERSION:
         raise UcrnError(
             f"{path}: layout version {file.attrs.get('version')!r} is not supported "
             f"(this ucrn reads version {VERSION}); re-create the file"
