@@ -102,3 +102,25 @@ def test_an_evaluation_on_an_autoscaled_cluster_is_not_refused_and_meets_the_gpu
     assert last.startswith("evaluate: error: node 127.0.0.1 (id "), last
     assert "torch cannot use" in last and HEAD_ID not in last
     assert not (tmp_path / "out" / "REPORT.md").exists()
+
+
+def test_only_this_clusters_autoscaler_is_read(autoscaled_cluster):
+    from tuning.capacity import _config_on_this_machine
+
+    ours = _config_on_this_machine(autoscaled_cluster["address"])
+    assert ours is not None and "gpu.node" in ours["available_node_types"]
+    assert _config_on_this_machine("127.0.0.1:1") is None  # another cluster: not its config
+
+
+def test_a_local_search_beside_an_autoscaled_cluster_trains_on_its_own_cpus(
+        autoscaled_cluster, tiny_mosi, tmp_path):
+    environment = {**os.environ}
+    environment.pop("RAY_ADDRESS", None)
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "tuning" / "search.py"), "--data", str(tiny_mosi),
+         "--num-samples", "1", "--epochs", "1", "--grace-period", "1", "--finalists", "0",
+         "--set", "urm_layers=1", "--set", "crm_layers=1", "--storage", str(tmp_path)],
+        env=environment, capture_output=True, text=True, timeout=400, check=False)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "the autoscaler can add" not in finished.stderr
+    assert re.search(r"with \S+ CPU and 0 GPU each", finished.stderr)

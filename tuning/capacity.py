@@ -5,7 +5,8 @@ when trials wait for GPUs. So the search and the evaluator plan with the node ty
 autoscaling config that the head runs, not with ``ray.cluster_resources()`` alone. That
 config is read on the head, by a task pinned there: from the GCS when the autoscaler
 publishes it (autoscaler v2), else from the file the head's autoscaler was started with
-(its ``--autoscaling-config``; ``~/ray_bootstrap_config.yaml`` on a ``ray up`` cluster).
+(its ``--autoscaling-config``: ``~/ray_bootstrap_config.yaml`` on a ``ray up`` cluster),
+found as the head's autoscaler process that names this cluster's GCS address.
 On AWS ``ray up`` has already filled in each node type's CPUs, GPUs and accelerator type.
 A cluster without an autoscaler has no node types: what is up is all it will ever have.
 """
@@ -22,7 +23,6 @@ from typing import Any
 from ray.tune import Callback
 
 HEAD_RESOURCE = "node:__internal_head__"
-BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 ACCELERATOR_PREFIX = "accelerator_type:"
 # GPU memory by Ray's accelerator type (GiB, the smaller model where there are two), for
 # the check before any node is up; a trial checks the real figure on its own GPU.
@@ -119,23 +119,21 @@ def read_node_types(config: dict[str, Any]) -> tuple[tuple[NodeType, ...], int |
     return tuple(types), (int(cap) if cap is not None else None), head
 
 
-def _config_on_this_machine() -> dict[str, Any] | None:
-    """The autoscaling config the autoscaler on this machine runs, if one runs here."""
+def _config_on_this_machine(gcs_address: str) -> dict[str, Any] | None:
+    """The autoscaling config that the autoscaler of the cluster at ``gcs_address`` runs,
+    when it runs on this machine (another cluster's autoscaler here is not ours)."""
     import psutil
     import yaml
 
-    paths = []
     for process in psutil.process_iter(["cmdline"]):
         arguments = process.info.get("cmdline") or []
-        if any(a.endswith("monitor.py") for a in arguments):
-            paths += [a.split("=", 1)[1] for a in arguments
-                      if a.startswith("--autoscaling-config=")]
-    paths.append(BOOTSTRAP_CONFIG)
-    for path in paths:
-        file = Path(path).expanduser()
-        if file.is_file():
+        if not any(a.endswith("monitor.py") for a in arguments) \
+                or f"--gcs-address={gcs_address}" not in arguments:
+            continue
+        for path in (a.split("=", 1)[1] for a in arguments
+                     if a.startswith("--autoscaling-config=")):
             try:
-                loaded = yaml.safe_load(file.read_text())  # JSON is YAML too
+                loaded = yaml.safe_load(Path(path).expanduser().read_text())  # JSON is YAML
             except (OSError, yaml.YAMLError):
                 continue
             if isinstance(loaded, dict) and "available_node_types" in loaded:
@@ -162,25 +160,27 @@ def autoscaling_config_on_head(timeout_s: float = 30.0) -> dict[str, Any] | None
     """The head node's autoscaling config, read by a task pinned to the head."""
     import ray
 
+    address = ray.get_runtime_context().gcs_address
     reader = ray.remote(num_cpus=0, resources={HEAD_RESOURCE: 0.001})(_config_on_this_machine)
     try:
-        return ray.get(reader.remote(), timeout=timeout_s)
+        return ray.get(reader.remote(address), timeout=timeout_s)
     except Exception:  # noqa: BLE001 - no head resource (an old cluster), or a timeout
         return None
 
 
-def cluster_capacity() -> Capacity:
-    """The joined cluster's capacity: resources up now and what its autoscaler can add."""
+def cluster_capacity(autoscaled: bool = True) -> Capacity:
+    """The joined cluster's capacity: resources up now and what its autoscaler can add
+    (``autoscaled=False``: a local Ray this process started, which has no autoscaler)."""
     import ray
 
     resources = ray.cluster_resources()
     node_types: tuple[NodeType, ...] = ()
     max_workers = None
     head_gpus = 0.0
-    published = _published_node_types()
+    published = _published_node_types() if autoscaled else None
     if published is not None:
         node_types, max_workers = published
-    else:
+    elif autoscaled:
         config = autoscaling_config_on_head()
         if config is not None:
             node_types, max_workers, head = read_node_types(config)

@@ -28,6 +28,7 @@ from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.figures import pareto_plot
+from tuning.finalists import rescore, summary
 from tuning.progress import (
     Interruption,
     InterruptionRecord,
@@ -55,7 +56,7 @@ from ucrn.display import metrics_table
 from ucrn.engine import evaluate, load_training_data, save_run
 from ucrn.errors import UcrnError, exit_status
 from ucrn.files import check_directory, hold_folder
-from ucrn.metrics import ROBUST_PREFIX
+from ucrn.metrics import ROBUST_PREFIX, is_better
 from ucrn.metrics import mode as metric_mode
 from ucrn.state import FitResult
 from ucrn.tasks import metric_names
@@ -127,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "base config: ucrn's defaults with --config and --set laid over "
                         "them), which is otherwise the first trial, so that best.json is at "
                         "least as good as it on validation")
+    search.add_argument("--finalists", type=int, default=2,
+                        help="the best trials trained again from other seeds before "
+                        "best.json is chosen by the mean over seeds (default 2; 0: choose "
+                        "on the trials' one seed)")
+    search.add_argument("--finalist-seeds", type=int, default=3,
+                        help="seeds behind each finalist's score, its own trial's included "
+                        "(default 3)")
     search.add_argument("--grace-period", type=int, default=2,
                         help="epochs before ASHA may stop a trial (default 2)")
     search.add_argument("--seed", type=int, default=0, help="Optuna's seed and the trials'")
@@ -172,6 +180,8 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
     for name in ("num_samples", "epochs", "grace_period"):
         if getattr(args, name) < 1:
             raise UcrnError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.finalists < 0 or args.finalist_seeds < 1:
+        raise UcrnError("--finalists must be 0 or more and --finalist-seeds at least 1")
     check_cluster_arguments(args)
     experiment = _experiment_path(args)
     if args.study_storage:
@@ -293,7 +303,7 @@ def _run_search(plan: SearchPlan) -> dict[str, Any]:
     started = time.perf_counter()
     with Interruption.experiment():
         grid = _tuner(plan, resources, searched, waits).fit()
-    return _record_search(plan, grid, searched, time.perf_counter() - started)
+    return _record_search(plan, grid, searched, resources, started)
 
 
 def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
@@ -334,9 +344,10 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
     )
 
 
-def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) -> dict[str, Any]:
-    """trials.csv; the best trial's selected checkpoint scored on test once; best.json and
-    best/; the summary on the terminal."""
+def _record_search(plan: SearchPlan, grid, searched: list[str], resources,
+                   started: float) -> dict[str, Any]:
+    """trials.csv; the finalists again over seeds; the chosen trial's selected checkpoint
+    scored on test once; best.json and best/; the summary on the terminal."""
 
     results = [(trial.trial_id, _status(trial, r), r.config, r.metrics_dataframe)
                for trial, r in zip(grid._experiment_analysis.trials, grid, strict=True)]
@@ -349,7 +360,10 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
     if not any(r.metrics and plan.metric in r.metrics for r in grid):
         raise UcrnError(f"no trial reported {plan.metric}; see the trial logs in "
                         f"{plan.experiment}")
-    best = grid.get_best_result(plan.metric, plan.mode, scope="all")
+    seeds = _finalist_scores(plan, grid, table, results, resources)
+    _write_text(plan.experiment, "trials.csv", table.to_csv(index=False))
+    best = _chosen(plan, grid, seeds)
+    seconds = time.perf_counter() - started
     state = trial_state(best.metrics, best.checkpoint)
     model = state.selected_model()
     test = evaluate(model, plan.dataset.split("test"), plan.dataset, state.config)  # once
@@ -360,7 +374,8 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
         "search": {"experiment": plan.experiment, "trial": _trial_id(best),
                    "metric": plan.metric, "mode": plan.mode, "best_epoch": state.best_epoch,
                    "trials": len(grid), "seconds": seconds, **_objectives_record(plan),
-                   "paper_trial": _paper_record(table, paper, plan.metric)},
+                   "paper_trial": _paper_record(table, paper, plan.metric),
+                   "seeds": _seeds_record(seeds, _trial_id(best), plan.metric)},
         "metrics": {"valid": result.valid, "test": test},
     }
     _write_text(plan.experiment, "best.json", json.dumps(record, indent=2) + "\n")
@@ -383,6 +398,56 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], seconds: float) 
         _write_pareto_front(plan, table, _trial_id(best)[:8], stdout)
     _show_what_mattered(plan, stdout)
     return record
+
+
+def _finalist_scores(plan: SearchPlan, grid, table, results, resources) -> dict[str, list]:
+    """The ``--finalists`` best trials' scores over seeds (``tuning.finalists``), the paper's
+    trial always among them (so that best.json is never worse than it on a seed mean), also
+    as columns of ``table``: mean, standard deviation and seeds behind each trial's score."""
+    metric = plan.metric
+    count = plan.args.finalists if plan.args.finalist_seeds > 1 else 0
+    scored = [row for _, row in table.iterrows() if row["status"] == "done"
+              and row[metric] == row[metric]]  # best first, NaN left out
+    ranked = scored[:count]
+    ranked += [row for row in scored[count:] if row["paper"]] if count else []
+    by_short = {trial_id[:8]: (trial_id, config) for trial_id, _, config, _ in results}
+    finalists = [(by_short[row["trial"]][0],
+                  {k: v for k, v in by_short[row["trial"]][1].items() if k in plan.space},
+                  float(row[metric]), int(row["epochs"])) for row in ranked]
+    seeds = rescore(plan, resources, finalists, console.print) if finalists else {}
+    summaries = {trial[:8]: summary(values) for trial, values in seeds.items()}
+    position = list(table.columns).index(metric) + 1
+    for offset, (name, field) in enumerate((("mean", "mean"), ("std", "std"),
+                                            ("seeds", "seeds"))):
+        column = [summaries[t][field] if t in summaries else
+                  (table.loc[i, metric] if field == "mean" else 0.0 if field == "std" else 1)
+                  for i, t in enumerate(table["trial"])]
+        table.insert(position + offset, f"{metric} {name}" if name != "seeds" else "seeds",
+                     column)
+    return seeds
+
+
+def _chosen(plan: SearchPlan, grid, seeds: dict[str, list]):
+    """The trial best.json takes: the finalist best on its mean over seeds; without
+    finalists, the trial best on its one seed."""
+    if not seeds:
+        return grid.get_best_result(plan.metric, plan.mode, scope="all")
+    best_trial = None
+    for trial, values in seeds.items():
+        if best_trial is None or is_better(plan.metric, summary(values)["mean"],
+                                           summary(seeds[best_trial])["mean"]):
+            best_trial = trial
+    return next(r for r in grid if _trial_id(r) == best_trial
+                or Path(r.path).name.startswith(f"run_trial_{best_trial}"))
+
+
+def _seeds_record(seeds: dict[str, list], chosen: str, metric: str) -> dict[str, Any]:
+    """best.json's account of how sure the choice is."""
+    if not seeds:
+        return {"finalists": 0, "note": f"chosen on one seed's {metric}"}
+    return {"metric": metric, "chosen": {**summary(seeds[chosen]), "values": seeds[chosen]},
+            "finalists": {trial: {**summary(values), "values": values}
+                          for trial, values in seeds.items()}}
 
 
 def _paper_trial(results: list, point: dict[str, Any] | None) -> str | None:

@@ -185,7 +185,7 @@ def plan_trials(args, session, config: Config, dataset, say: Callable[[str], Non
     trials packed on a GPU, against the GPU node types' memory where their accelerator is
     known (each trial checks its own GPU again with torch).
     """
-    capacity = cluster_capacity()
+    capacity = cluster_capacity(autoscaled=not session.started_here)
     resources = resources_for(args, capacity)
     now = f"Ray: {capacity.cpus:g} CPUs, {capacity.gpus:g} GPUs up"
     if capacity.autoscaling:

@@ -1,0 +1,135 @@
+"""How sure the search is: its best trials trained again from other seeds before one is chosen.
+
+A trial's validation score comes from one seed, and on MOSI the seed alone moves a
+configuration by about as much as the search's gains: the trial best on one seed is often
+the luckiest. So the ``--finalists`` best trials (by the first metric, at each one's best
+epoch) are trained again with ``--finalist-seeds`` − 1 other seeds, for as many epochs as
+the trial ran, selecting each checkpoint on validation as the trial did; ``best.json``'s
+configuration is the finalist best on the mean over its seeds. The test split is still
+scored once, on the chosen trial's own checkpoint. Each rerun is written to
+``EXPERIMENT/finalists/`` as it finishes, so an interrupted search resumed with
+``--resume`` redoes none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune import Callback
+
+from tuning.progress import Interruption, ProgressWatch, TrialUserErrors, check_ran_to_end
+from tuning.space import trial_overrides
+from tuning.trials import make_trainable
+from ucrn.files import atomic_write, check_directory
+from ucrn.metrics import is_better
+
+SEED_STEP = 1000  # a rerun's seed: the search's seed + SEED_STEP × k (far from the trials')
+
+
+def rerun_seeds(seed: int, count: int) -> list[int]:
+    """The seeds a finalist is trained again with (its own trial had ``seed``)."""
+    return [seed + SEED_STEP * k for k in range(1, count)]
+
+
+def _key(trial: str, seed: int) -> str:
+    return f"{trial[:8]}-seed{seed}"
+
+
+def finished_reruns(folder: Path) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+
+
+def rescore(plan, resources, finalists: list[tuple[str, dict[str, Any], float, int]],
+            say) -> dict[str, list[float]]:
+    """Each finalist's validation scores over seeds: its own trial's first, then its reruns'.
+
+    ``finalists`` holds (trial id, trial config, its best score, the epochs it ran) in the
+    order to report; each rerun trains as many epochs as its trial ran (ASHA may have
+    stopped it), so that its seeds compare at one budget.
+    """
+    args = plan.args
+    folder = check_directory(Path(plan.experiment) / "finalists", "experiment")
+    seeds = rerun_seeds(args.seed, args.finalist_seeds)
+    done = finished_reruns(folder)
+    pending = [{"trial": trial, "seed": seed, "params": config, "epochs": epochs}
+               for trial, config, _, epochs in finalists for seed in seeds
+               if _key(trial, seed) not in done]
+    if pending:
+        say(f"finalists: the best {len(finalists)} trial(s) again with {len(seeds)} other "
+            f"seed(s) each ({len(pending)} run(s)), to choose on the mean over "
+            f"{len(seeds) + 1} seeds")
+        _train(plan, resources, pending, folder)
+        done = finished_reruns(folder)
+    scores = {}
+    for trial, _, own, _ in finalists:
+        scores[trial] = [own] + [done[_key(trial, seed)]["value"] for seed in seeds
+                                 if _key(trial, seed) in done]
+    return scores
+
+
+def _train(plan, resources, pending: list[dict], folder: Path) -> None:
+    """The reruns as one Tune experiment (no early stopping: each runs the trial's budget)."""
+    base, metric = plan.base, plan.metric
+    trainable = make_trainable(
+        base, ray.put(plan.dataset), resources, str(folder / "ray" / "train"),
+        overrides_of=lambda trial: {**trial_overrides(trial["rerun"]["params"], base),
+                                    "seed": trial["rerun"]["seed"],
+                                    "epochs": trial["rerun"]["epochs"],
+                                    "patience": trial["rerun"]["epochs"]},
+        run_name_of=lambda trial, _: _key(trial["rerun"]["trial"], trial["rerun"]["seed"]),
+    )
+    recorder = BestOfRun(folder, metric)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"rerun": tune.grid_search(pending)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=resources.concurrent),
+        run_config=tune.RunConfig(
+            name="reruns", storage_path=str(folder / "ray"), verbose=0,
+            callbacks=[recorder, TrialUserErrors()], stop=ProgressWatch(plan.args.stall_minutes),
+            failure_config=tune.FailureConfig(max_failures=plan.args.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    with Interruption.experiment():
+        grid = tuner.fit()
+    check_ran_to_end(grid.num_terminated + grid.num_errors, len(pending),
+                     "continue with --resume")
+
+
+class BestOfRun(Callback):
+    """Keeps each rerun's best validation score over its epochs, and writes it when the
+    rerun ends."""
+
+    def __init__(self, folder: Path, metric: str):
+        self.folder, self.metric = folder, metric
+        self.best: dict[str, tuple[float, int]] = {}
+
+    def __getstate__(self) -> dict:
+        return {"folder": self.folder, "metric": self.metric, "best": self.best}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        kept = self.best.get(trial.trial_id)
+        if value is not None and is_better(self.metric, value, kept[0] if kept else None):
+            self.best[trial.trial_id] = (float(value), int(result.get("epoch", 0)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not trial.last_result.get("done") or trial.trial_id not in self.best:
+            return  # stopped before its end (Ctrl-C, a stall): still to do
+        rerun = trial.config["rerun"]
+        value, epoch = self.best[trial.trial_id]
+        record = {"trial": rerun["trial"], "seed": rerun["seed"], "value": value,
+                  "best_epoch": epoch}
+        atomic_write(self.folder / f"{_key(rerun['trial'], rerun['seed'])}.json",
+                     lambda path: Path(path).write_text(json.dumps(record) + "\n"))
+
+
+def summary(values: list[float]) -> dict[str, float | int]:
+    """Mean, sample standard deviation (ddof 1; 0 for one seed) and the number of seeds."""
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "seeds": len(values)}
