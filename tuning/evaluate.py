@@ -27,13 +27,12 @@ from typing import Any
 
 import pandas as pd
 import ray
-from ray import tune
 from ray.tune import Callback
 from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.figures import robustness_bars, seed_strip_plot
-from tuning.progress import Interruption, ProgressWatch, TrialUserErrors, check_ran_to_end
+from tuning.progress import Interruption
 from tuning.ray_start import sharing_note, start_ray
 from tuning.tables import (
     condition_table,
@@ -44,7 +43,7 @@ from tuning.tables import (
     summary_table,
 )
 from tuning.tables import console as table_console
-from tuning.trials import make_trainable, plan_trials
+from tuning.trials import make_trainable, plan_trials, run_grid
 from ucrn.config import ABLATIONS, Config, apply_overrides, config_from_options
 from ucrn.data.layout import Dataset
 from ucrn.data.synthetic import data_or_default
@@ -253,23 +252,10 @@ def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
                                                      trial["run"]["seed"], noise),
     )
     recorder = RecordRuns(plan)
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"run": tune.grid_search(
-            [{"variant": variant, "seed": seed} for variant, seed in pending])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=resources.concurrent),
-        run_config=tune.RunConfig(
-            name=time.strftime("evaluate-%Y%m%d-%H%M%S"), storage_path=str(plan.out / "ray"),
-            callbacks=[recorder, TrialUserErrors(), *waits], verbose=0,
-            stop=ProgressWatch(plan.args.stall_minutes),
-            failure_config=tune.FailureConfig(max_failures=plan.args.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
-    )
-    with Interruption.experiment():
-        grid = tuner.fit()
-    check_ran_to_end(grid.num_terminated + grid.num_errors, len(pending),
-                     "rerun the same command to continue")
+    run_grid(trainable, "run", [{"variant": variant, "seed": seed} for variant, seed in pending],
+             name=time.strftime("evaluate-%Y%m%d-%H%M%S"), storage=str(plan.out / "ray"),
+             concurrent=resources.concurrent, args=plan.args, callbacks=[recorder, *waits],
+             how_to_continue="rerun the same command to continue")
     if recorder.failed:
         raise UcrnError(f"{len(recorder.failed)} run(s) did not finish "
                         f"({'; '.join(recorder.failed)}); rerun the same command to retry them")

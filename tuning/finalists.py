@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray import tune
 from ray.tune import Callback
 
-from tuning.progress import Interruption, ProgressWatch, TrialUserErrors, check_ran_to_end
 from tuning.space import trial_overrides
-from tuning.trials import make_trainable
+from tuning.trials import make_trainable, run_grid
 from ucrn.files import atomic_write, check_directory
 from ucrn.metrics import is_better
 
@@ -83,22 +81,9 @@ def _train(plan, resources, pending: list[dict], folder: Path) -> None:
                                     "patience": trial["rerun"]["epochs"]},
         run_name_of=lambda trial, _: _key(trial["rerun"]["trial"], trial["rerun"]["seed"]),
     )
-    recorder = BestOfRun(folder, metric)
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"rerun": tune.grid_search(pending)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=resources.concurrent),
-        run_config=tune.RunConfig(
-            name="reruns", storage_path=str(folder / "ray"), verbose=0,
-            callbacks=[recorder, TrialUserErrors()], stop=ProgressWatch(plan.args.stall_minutes),
-            failure_config=tune.FailureConfig(max_failures=plan.args.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
-    )
-    with Interruption.experiment():
-        grid = tuner.fit()
-    check_ran_to_end(grid.num_terminated + grid.num_errors, len(pending),
-                     "continue with --resume")
+    run_grid(trainable, "rerun", pending, name="reruns", storage=str(folder / "ray"),
+             concurrent=resources.concurrent, args=plan.args,
+             callbacks=[BestOfRun(folder, metric)], how_to_continue="continue with --resume")
 
 
 class BestOfRun(Callback):

@@ -25,6 +25,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from tuning.capacity import Capacity, NodeWait, WaitForNodes, cluster_capacity
+from tuning.progress import Interruption, ProgressWatch, TrialUserErrors, check_ran_to_end
 from tuning.rendezvous import LoopbackTorchConfig
 from tuning.workers import read_checkpoint, train_in_trial, train_worker
 from ucrn.config import Config, apply_overrides
@@ -210,3 +211,25 @@ def check_packing(need_bytes: int, trials_per_gpu: int, gpu_memory_gib: float | 
         problem = packing_problem(need_bytes, trials_per_gpu, int(gpu_memory_gib * 2**30))
         if problem:
             raise UcrnError(f"the cluster's GPUs: {problem}")
+
+
+def run_grid(trainable: Callable, key: str, runs: list[dict[str, Any]], *, name: str,
+             storage: str, concurrent: int, args, callbacks: list,
+             how_to_continue: str) -> None:
+    """``runs`` as one Tune experiment, a trial each (its config ``{key: run}``), with no
+    early stopping; a stall, a user's error in a trial and Ctrl-C end it as everywhere
+    (``tuning.progress``). The evaluator's runs and the search's finalist reruns."""
+    tuner = tune.Tuner(
+        trainable,
+        param_space={key: tune.grid_search(runs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0,
+            callbacks=[*callbacks, TrialUserErrors()], stop=ProgressWatch(args.stall_minutes),
+            failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    with Interruption.experiment():
+        grid = tuner.fit()
+    check_ran_to_end(grid.num_terminated + grid.num_errors, len(runs), how_to_continue)
