@@ -83,3 +83,21 @@ def test_the_training_speed_benchmark_times_a_mult_checkout_side_by_side(tmp_pat
     )
     assert not_mult.returncode != 0
     assert "not a checkout of yaohungt/Multimodal-Transformer" in not_mult.stderr
+
+
+@pytest.mark.slow
+def test_the_search_value_benchmark_compares_the_pick_with_the_defaults_over_seeds(tiny_mosi):
+    small = "--set urm_layers=1 --set crm_layers=1"
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "search_value.py"), "--data",
+         str(tiny_mosi), "--seeds", "2", "--json", "--evaluate-args", small, "--search-args",
+         f"--num-samples 2 --epochs 1 --grace-period 1 --finalists 0 {small}"],
+        capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert report["metric"] == "MAE" and report["seeds"] == 2 and report["epochs"] == 1
+    for name in ("search pick", "paper defaults"):
+        scores = report["configurations"][name]
+        assert set(scores) == {"valid MAE", "test Non0_acc_2", "test MAE"}
+        assert scores["valid MAE"]["std"] >= 0
+    assert set(report["seconds"]) == {"search", "search pick", "paper defaults"}
