@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tuning.finalists import summary
 from ucrn.metrics import mode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,8 @@ def seed_scores(out: Path, metric: str) -> dict[str, list[float]]:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    found = summary(values)
+    return found["mean"], found["std"]
 
 
 def main(argv: list[str] | None = None) -> int:

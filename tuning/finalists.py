@@ -94,9 +94,6 @@ class BestOfRun(Callback):
         self.folder, self.metric = folder, metric
         self.best: dict[str, tuple[float, int]] = {}
 
-    def __getstate__(self) -> dict:
-        return {"folder": self.folder, "metric": self.metric, "best": self.best}
-
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
         kept = self.best.get(trial.trial_id)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -56,7 +57,7 @@ from ucrn.display import metrics_table
 from ucrn.engine import evaluate, load_training_data, save_run
 from ucrn.errors import UcrnError, exit_status
 from ucrn.files import check_directory, hold_folder
-from ucrn.metrics import ROBUST_PREFIX, is_better
+from ucrn.metrics import ROBUST_PREFIX
 from ucrn.metrics import mode as metric_mode
 from ucrn.state import FitResult
 from ucrn.tasks import metric_names
@@ -406,8 +407,8 @@ def _finalist_scores(plan: SearchPlan, grid, table, results, resources) -> dict[
     as columns of ``table``: mean, standard deviation and seeds behind each trial's score."""
     metric = plan.metric
     count = plan.args.finalists if plan.args.finalist_seeds > 1 else 0
-    scored = [row for _, row in table.iterrows() if row["status"] == "done"
-              and row[metric] == row[metric]]  # best first, NaN left out
+    scored = [row for _, row in table.iterrows()
+              if row["status"] == "done" and pd.notna(row[metric])]  # best first
     ranked = scored[:count]
     ranked += [row for row in scored[count:] if row["paper"]] if count else []
     by_short = {trial_id[:8]: (trial_id, config) for trial_id, _, config, _ in results}
@@ -416,14 +417,12 @@ def _finalist_scores(plan: SearchPlan, grid, table, results, resources) -> dict[
                   float(row[metric]), int(row["epochs"])) for row in ranked]
     seeds = rescore(plan, resources, finalists, console.print) if finalists else {}
     summaries = {trial[:8]: summary(values) for trial, values in seeds.items()}
+    one_seed = {t: summary([v]) for t, v in zip(table["trial"], table[metric], strict=True)}
+    rows = [summaries.get(t, one_seed[t]) for t in table["trial"]]
     position = list(table.columns).index(metric) + 1
-    for offset, (name, field) in enumerate((("mean", "mean"), ("std", "std"),
-                                            ("seeds", "seeds"))):
-        column = [summaries[t][field] if t in summaries else
-                  (table.loc[i, metric] if field == "mean" else 0.0 if field == "std" else 1)
-                  for i, t in enumerate(table["trial"])]
-        table.insert(position + offset, f"{metric} {name}" if name != "seeds" else "seeds",
-                     column)
+    for offset, (column, field) in enumerate(((f"{metric} mean", "mean"),
+                                              (f"{metric} std", "std"), ("seeds", "seeds"))):
+        table.insert(position + offset, column, [row[field] for row in rows])
     return seeds
 
 
@@ -432,13 +431,9 @@ def _chosen(plan: SearchPlan, grid, seeds: dict[str, list]):
     finalists, the trial best on its one seed."""
     if not seeds:
         return grid.get_best_result(plan.metric, plan.mode, scope="all")
-    best_trial = None
-    for trial, values in seeds.items():
-        if best_trial is None or is_better(plan.metric, summary(values)["mean"],
-                                           summary(seeds[best_trial])["mean"]):
-            best_trial = trial
-    return next(r for r in grid if _trial_id(r) == best_trial
-                or Path(r.path).name.startswith(f"run_trial_{best_trial}"))
+    means = {trial: summary(values)["mean"] for trial, values in seeds.items()}
+    best_trial = (min if plan.mode == "min" else max)(means, key=means.get)
+    return next(r for r in grid if _trial_id(r) == best_trial)
 
 
 def _seeds_record(seeds: dict[str, list], chosen: str, metric: str) -> dict[str, Any]:
