@@ -90,14 +90,22 @@ def test_the_search_value_benchmark_compares_the_pick_with_the_defaults_over_see
     small = "--set urm_layers=1 --set crm_layers=1"
     finished = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "search_value.py"), "--data",
-         str(tiny_mosi), "--seeds", "2", "--json", "--evaluate-args", small, "--search-args",
-         f"--num-samples 2 --epochs 1 --grace-period 1 --finalists 0 {small}"],
+         str(tiny_mosi), "--seeds", "2", "--json", "--evaluate-args", f"--epochs 2 {small}",
+         "--search-args", f"--num-samples 2 --epochs 1 --grace-period 1 --finalists 0 "
+         f"--set epochs=2 {small}"],
         capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     report = json.loads(finished.stdout.strip().splitlines()[-1])
-    assert report["metric"] == "MAE" and report["seeds"] == 2 and report["epochs"] == 1
-    for name in ("search pick", "paper defaults"):
+    assert report["metric"] == "MAE" and report["seeds"] == 2
+    assert report["trial_epochs"] == 1 and report["epochs"] == 2  # best.json: the full budget
+    names = ("pick at trial length", "search pick", "paper defaults")
+    for name in names:
         scores = report["configurations"][name]
         assert set(scores) == {"valid MAE", "test Non0_acc_2", "test MAE"}
         assert scores["valid MAE"]["std"] >= 0
-    assert set(report["seconds"]) == {"search", "search pick", "paper defaults"}
+    # more epochs from the same seeds: each seed's best validation epoch can only improve
+    assert (report["configurations"]["search pick"]["valid MAE"]["mean"]
+            <= report["configurations"]["pick at trial length"]["valid MAE"]["mean"])
+    assert report["search_reported_seeds"] == 1
+    assert isinstance(report["pick_beats_defaults"], bool)
+    assert set(report["seconds"]) == {"search", *names}

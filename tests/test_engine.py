@@ -48,6 +48,15 @@ def test_no_test_score_unless_asked(mosi):
     assert fit(_config(epochs=1), mosi, device="cpu", score_test=False).test is None
 
 
+def test_a_longer_budget_repeats_a_shorter_runs_epochs_so_its_selection_is_no_worse(mosi):
+    # what lets a search's best.json train for the config's full budget: nothing in the
+    # loop depends on the total epochs, so the search's trial is the start of that run
+    short = fit(_config(epochs=2, patience=2), mosi, device="cpu", score_test=False)
+    full = fit(_config(epochs=4, patience=10), mosi, device="cpu", score_test=False)
+    assert full.history[:2] == short.history
+    assert full.valid["MAE"] <= short.valid["MAE"]
+
+
 def test_training_stops_after_patience_epochs_without_improvement(mosi):
     result = fit(_config(epochs=10, patience=1, learning_rate=1e-12), mosi, device="cpu")
     assert result.stopped_early and result.best_epoch == 1 and result.epochs_run == 2

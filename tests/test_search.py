@@ -18,7 +18,9 @@ import psutil
 import pytest
 from helpers import fails_before_ray
 
-from ucrn.config import Config, load_config
+from ucrn.config import Config, apply_overrides, load_config
+from ucrn.data.layout import load_dataset
+from ucrn.engine import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "tuning" / "search.py")]
@@ -346,7 +348,14 @@ def test_a_search_writes_its_tables_and_a_usable_best_config(ray_session, tiny_m
     assert record["metrics"]["valid"]["MAE"] == pytest.approx(chosen["valid_MAE"])
     assert set(record["metrics"]["test"]) >= {"MAE", "Corr", "Non0_acc_2"}
     config = load_config(experiment / "best.json")  # what ucrn train --config takes
-    assert config.model.urm_layers == 1 and config.train.epochs == 2
+    # the config's full budget (the paper's 40 epochs, patience 10), the trial's length kept
+    assert config.model.urm_layers == 1 and config.train.epochs == defaults.train.epochs
+    assert config.train.patience == defaults.train.patience
+    length = record["search"]["trial_epochs"]
+    assert length == chosen["epochs"]
+    repeated = fit(apply_overrides(config, {"epochs": length, "patience": length}),
+                   load_dataset(tiny_mosi), device="cpu", score_test=False)
+    assert repeated.valid["MAE"] == pytest.approx(record["metrics"]["valid"]["MAE"], rel=1e-3)
     assert sorted(p.name for p in (experiment / "best").iterdir()) == [
         "config.json", "metrics.json", "model.pt"]
     out = capsys.readouterr().out

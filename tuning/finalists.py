@@ -47,7 +47,7 @@ def rescore(plan, resources, finalists: list[tuple[str, dict[str, Any], float, i
     """Each finalist's validation scores over seeds: its own trial's first, then its reruns'.
 
     ``finalists`` holds (trial id, trial config, its best score, the epochs it ran) in the
-    order to report; each rerun trains as many epochs as its trial ran (ASHA may have
+    order to report; each rerun trains as many epochs as its trial ran (early stopping may have
     stopped it), so that its seeds compare at one budget.
     """
     args = plan.args

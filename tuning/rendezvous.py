@@ -56,8 +56,8 @@ def _release_store(path: str) -> None:
 class _LoopbackTorchBackend(_TorchBackend):
     """One per Train run; a restarted worker group gets a new store file.
 
-    The file outlives the process group, and a trial stopped by the scheduler (ASHA stops
-    every trial at its last epoch) kills its workers before any shutdown hook runs. Gloo
+    The file outlives the process group, and a trial stopped early by the scheduler kills its
+    workers before any shutdown hook runs. Gloo
     is done with the store once the group is up, so its file goes at once; NCCL reads it
     again at its first collective, so its file goes at shutdown, when there is one.
     """

@@ -1,8 +1,9 @@
 """``python tuning/search.py``: Ray Tune + Optuna search over UCRN, trials trained by Ray Train.
 
-Optuna's TPE proposes settings, ASHA stops weak trials early, every trial is a Ray Train run
-of ``ucrn.engine.fit``. The objective and each trial's checkpoint use the validation split
-only; after the search, the best trial's best checkpoint is scored on the test split once.
+Optuna's TPE proposes settings, successive halving (``tuning.halving``) stops weak trials
+early, every trial is a Ray Train run of ``ucrn.engine.fit``. The objective and each trial's
+checkpoint use the validation split only; after the search, the best trial's best
+checkpoint is scored on the test split once.
 
 Results land in ``STORAGE/NAME``: ``trials.csv``, ``best.json`` (a config ``ucrn train
 --config`` accepts, with the search record and the valid/test metrics), ``best/`` (a run
@@ -24,12 +25,12 @@ from typing import Any
 import pandas as pd
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.figures import pareto_plot
 from tuning.finalists import rescore, summary
+from tuning.halving import FairHalving
 from tuning.progress import (
     Interruption,
     InterruptionRecord,
@@ -73,13 +74,15 @@ class SearchPlan:
     dataset: Dataset
     base: Config
     space: dict[str, Any]
-    metrics: tuple[str, ...]  # the objectives; the first picks checkpoints and drives ASHA
+    metrics: tuple[str, ...]  # the objectives; the first picks checkpoints and stops trials
     experiment: str  # STORAGE/NAME, a local path or a URI
     study: str | None  # the Optuna study's database URL (None: in memory)
     # The paper's configuration (the base config) as the first trial's values; None when
     # opted out or outside the space (``outside`` says which settings).
     base_point: dict[str, Any] | None = None
     outside: tuple[str, ...] = ()
+    # What best.json trains for: the config's own epochs (at least the trials') and patience.
+    budget: dict[str, int] | None = None
 
     @property
     def metric(self) -> str:
@@ -119,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "valid_Non0_acc_2). Twice for two objectives, e.g. --metric valid_MAE "
                         "--metric valid_robust_MAE (robust_*: averaged over one modality "
                         "masked at a time, the paper's Table 4): the Pareto front goes to "
-                        "pareto.csv; the first metric picks checkpoints, drives ASHA and "
+                        "pareto.csv; the first metric picks checkpoints, stops trials early and "
                         "chooses best.json")
     search.add_argument("--mode", action="append", choices=("min", "max"),
                         help="optional: each metric's own direction (min for MAE and loss, "
@@ -137,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seeds behind each finalist's score, its own trial's included "
                         "(default 3)")
     search.add_argument("--grace-period", type=int, default=2,
-                        help="epochs before ASHA may stop a trial (default 2)")
+                        help="epochs before a trial may be stopped early; the rungs of successive "
+                        "halving are this × 2, × 4, … (default 2)")
     search.add_argument("--seed", type=int, default=0, help="Optuna's seed and the trials'")
     search.add_argument("--study-storage", metavar="URL",
                         help="the Optuna study's database (default: sqlite:///EXPERIMENT/"
@@ -189,9 +193,11 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
         check_study_url(args.study_storage)
     if args.grace_period > args.epochs:
         raise UcrnError(f"--grace-period {args.grace_period} exceeds --epochs {args.epochs}")
-    base, modalities_chosen = config_from_options(
-        args.config, args.set, modalities=args.modalities, epochs=args.epochs, seed=args.seed,
-        patience=args.epochs)
+    chosen, modalities_chosen = config_from_options(
+        args.config, args.set, modalities=args.modalities, seed=args.seed)
+    budget = {"epochs": max(chosen.train.epochs, args.epochs),
+              "patience": chosen.train.patience}
+    base = apply_overrides(chosen, {"epochs": args.epochs, "patience": args.epochs})
     space = load_space(args.space, base, parse_set_options(args.set or []))
 
     metrics = _objectives(args.metric or ["valid_MAE"], args.mode or [], base.model.task)
@@ -214,7 +220,7 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
     point, outside = base_point(space, base)
     plan = SearchPlan(args, dataset, base, space, metrics, experiment,
                       study_url(experiment, args.study_storage),
-                      None if args.no_paper_trial else point, tuple(outside))
+                      None if args.no_paper_trial else point, tuple(outside), budget)
     if args.resume and plan.study is not None:
         check_same_objectives(plan.study, plan.name, metrics)
     return plan
@@ -295,7 +301,7 @@ def _run_search(plan: SearchPlan) -> dict[str, Any]:
         f"worker(s) per trial with {resources.cpus_per_worker:g} CPU and "
         f"{resources.gpus_per_worker:g} GPU each · "
         + " and ".join(f"{m} ({metric_mode(m)})" for m in plan.metrics)
-        + (f" · ASHA stops trials on {plan.metric}" if len(plan.metrics) > 1 else "")
+        + (f" · trials stopped early on {plan.metric}" if len(plan.metrics) > 1 else "")
     )
     searched = [key for key, entry in plan.space.items() if isinstance(entry, dict)]
     if plan.outside and not args.no_paper_trial:
@@ -327,12 +333,12 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
     return tune.Tuner(
         trainable,
         param_space=to_tune(plan.space),
-        # The searcher and ASHA are each told their metrics (Optuna may have two; ASHA
-        # stops trials on the first), so the Tune config names none.
+        # The searcher and the scheduler are each told their metrics (Optuna may have two;
+        # the scheduler stops trials on the first), so the Tune config names none.
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=ASHAScheduler(metric=plan.metric, mode=plan.mode, max_t=args.epochs,
-                                    grace_period=args.grace_period, reduction_factor=2),
+            scheduler=FairHalving(plan.metric, max_t=args.epochs,
+                                  grace_period=args.grace_period),
             num_samples=args.num_samples, max_concurrent_trials=resources.concurrent,
         ),
         run_config=tune.RunConfig(
@@ -370,10 +376,14 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], resources,
     test = evaluate(model, plan.dataset.split("test"), plan.dataset, state.config)  # once
     result = state.to_fit_result(test, seconds, model)
     _save_best_run(plan.experiment, result)
+    trial_epochs = int(table.loc[table["trial"] == _trial_id(best)[:8], "epochs"].iloc[0])
+    config = state.config.to_dict()
+    config["train"].update(plan.budget)
     record = {
-        **state.config.to_dict(),
+        **config,
         "search": {"experiment": plan.experiment, "trial": _trial_id(best),
                    "metric": plan.metric, "mode": plan.mode, "best_epoch": state.best_epoch,
+                   "trial_epochs": trial_epochs,
                    "trials": len(grid), "seconds": seconds, **_objectives_record(plan),
                    "paper_trial": _paper_record(table, paper, plan.metric),
                    "seeds": _seeds_record(seeds, _trial_id(best), plan.metric)},
@@ -395,6 +405,10 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], resources,
     ))
     stdout.print(f"wrote {plan.experiment}/trials.csv, best.json, best/ ({seconds:.0f} s of "
                  "search)")
+    stdout.print(f"best.json trains for {plan.budget['epochs']} epochs (patience "
+                 f"{plan.budget['patience']}), the config's budget; its trial ran "
+                 f"{trial_epochs}, which `--set epochs={trial_epochs} --set "
+                 f"patience={trial_epochs}` repeats")
     if len(plan.metrics) > 1:
         _write_pareto_front(plan, table, _trial_id(best)[:8], stdout)
     _show_what_mattered(plan, stdout)
@@ -508,7 +522,7 @@ TRIAL_STATUS = {"TERMINATED": "done", "ERROR": "error", "PENDING": "not started"
 
 
 def _status(trial, result) -> str:
-    """done (all epochs, or stopped early by ASHA), error, not started or interrupted."""
+    """done (all epochs, or stopped early), error, not started or interrupted."""
     if result.error:
         return "error"
     if Interruption.interrupted(trial.trial_id):

@@ -4,7 +4,7 @@ optuna-dashboard open during and after the search.
 By default the study is a SQLite file in the experiment folder (``study.db``), named after
 the experiment; ``--study-storage URL`` puts it elsewhere (e.g. a PostgreSQL database on the
 head node). Each epoch is an intermediate value (its step is the epoch); a trial's value is
-its best epoch's score, the one its checkpoint is chosen by; a trial ASHA stopped before its
+its best epoch's score, the one its checkpoint is chosen by; a trial stopped early before its
 last epoch is recorded as pruned.
 """
 
@@ -128,6 +128,16 @@ class StudySearch(OptunaSearch):
             self._ot_study.set_metric_names(self._metrics)  # the dashboard shows them
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        try:
+            self._record_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Told to the study just before the search was killed, after Tune's last
+            # snapshot: --resume replays the trial's last epochs; the study keeps its value.
+            self._completed_trials.add(trial_id)
+
+    def _record_result(self, trial_id: str, result: dict) -> None:
         first = self._metrics[0]
         values = {metric: result.get(metric) for metric in self._metrics}
         best = self._best.get(trial_id)
@@ -147,11 +157,12 @@ class StudySearch(OptunaSearch):
         if trial_id in self._completed_trials or not result or error:
             return super().on_trial_complete(trial_id, result, error)
         if result.get(TRAINING_ITERATION, 0) > self._last_step.get(trial_id, 0):
-            self.on_trial_result(trial_id, result)  # a trial stopped by ASHA: its last epoch
+            self.on_trial_result(trial_id, result)  # a trial stopped early: its last epoch
         if result.get("epoch", self._epochs) < self._epochs:  # stopped by the scheduler
             from optuna.trial import TrialState
 
-            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED,
+                                skip_if_finished=True)  # see on_trial_result
             self._completed_trials.add(trial_id)
             return None
         best = self._best.get(trial_id, {m: result.get(m) for m in self._metrics})
@@ -174,7 +185,7 @@ def _sign(direction) -> int:
 def equal_budget_trials(study) -> tuple[list, str]:
     """The trials whose values compare at one budget, and which they are: those that ran all
     their epochs when they are at least two and half of the trials; else every trial at the
-    last epoch all of them reached (at least the grace period: ASHA stops none before it),
+    last epoch all of them reached (at least the grace period: none stops before it),
     with its value there as its own — its best epoch up to then by the first objective,
     every objective's value at that epoch. Empty when fewer than two trials reported."""
     import optuna
