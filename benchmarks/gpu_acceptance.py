@@ -9,10 +9,11 @@ writes ``DIR/gpu_acceptance.json`` with:
 - ``environment``: torch, its CUDA, the NVIDIA driver, the GPU and its memory;
 - ``parity``: the same 2-epoch run (dropout 0, one seed) on the CPU and on the GPU, the
   largest difference in training loss and validation MAE per epoch;
-- ``step``: ms per training step and samples/s at batch 16, aligned and unaligned MOSI
-  shapes; ATen operations and host syncs per step (a dispatch counter; on CUDA also
-  ``torch.cuda.set_sync_debug_mode``); CUDA kernels per step and the GPU's busy share
-  (the profiler); peak memory;
+- ``step_aligned``, ``step_unaligned`` (the static step, ``static_shapes``, CUDA's default)
+  and ``…_dynamic`` (the dynamic one, its A/B): ms per training step and samples/s at batch
+  16, aligned and unaligned MOSI shapes; ATen operations and host syncs per step (a
+  dispatch counter, ``ucrn.step_count``; on CUDA also ``torch.cuda.set_sync_debug_mode``);
+  CUDA kernels per step and the GPU's busy share (the profiler); peak memory;
 - ``footprint``: one MOSEI-size run's peak GPU memory against ``ucrn.footprint``'s estimate;
 - ``packing``: k = 1, 2, 4, 8 processes, each training one fixed configuration on
   MOSEI-size data for ``--seconds``: total steps/s, speed-up over k = 1, MiB per process;
@@ -37,23 +38,21 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from ucrn import step_count
 from ucrn.config import Config, apply_overrides
-from ucrn.data.layout import Dataset, Split, load_dataset
+from ucrn.data.layout import Dataset, load_dataset
 from ucrn.data.synthetic import synthesize
-from ucrn.engine import _train_epoch, _Training, fit, prepare_config
+from ucrn.engine import _Training, fit, prepare_config
 from ucrn.footprint import training_device_bytes
 from ucrn.gpu import driver_version
 from ucrn.model import UCRN, count_parameters
+from ucrn.step_count import ALIGNED, UNALIGNED, random_dataset
 
-ALIGNED = {"l": (50, 300), "a": (50, 5), "v": (50, 20)}  # MOSI: steps, features
-UNALIGNED = {"l": (50, 300), "a": (375, 5), "v": (500, 20)}
 MOSEI = {"l": (50, 300), "a": (50, 74), "v": (50, 35)}
 MOSI_COUNTS, MOSEI_COUNTS = (1284, 229, 686), (16326, 1871, 4659)
 PACKING = (1, 2, 4, 8)
@@ -62,44 +61,9 @@ PACKING = (1, 2, 4, 8)
 # ------------------------------------------------------------------------------- helpers
 
 
-def random_dataset(shapes: dict[str, tuple[int, int]], counts: tuple[int, int, int],
-                   seed: int = 0, lengths: bool = True) -> Dataset:
-    """Random features of the given shapes (timing only), built in memory."""
-    generator = torch.Generator().manual_seed(seed)
-    splits = {}
-    for name, count in zip(("train", "valid", "test"), counts, strict=True):
-        features = {m: torch.randn(count, steps, dims, generator=generator)
-                    for m, (steps, dims) in shapes.items()}
-        lens = {m: (torch.randint(max(1, steps // 5), steps + 1, (count,), generator=generator)
-                    if lengths else None) for m, (steps, _) in shapes.items()}
-        labels = torch.rand(count, 1, generator=generator) * 6 - 3
-        splits[name] = Split(features, lens, labels, [f"{name}{i}" for i in range(count)])
-    return Dataset("random", "regression", tuple(shapes), ("sentiment",), splits,
-                   source="random")
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class DispatchCounter(TorchDispatchMode):
-    """Counts the ATen operations dispatched inside it; ``_local_scalar_dense`` is a host
-    sync (``.item()``, ``float()``, ``bool()`` of a tensor)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: Counter = Counter()
-        self.views = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket)] += 1
-        self.views += bool(getattr(func, "is_view", False))
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def syncs(self) -> int:
-        return self.ops["aten._local_scalar_dense"]
 
 
 def part(results: dict, name: str, run: Callable[[], dict]) -> None:
@@ -149,20 +113,16 @@ def parity(data: Path, device: torch.device) -> dict:
 
 
 def training_for(dataset: Dataset, device: torch.device, **overrides) -> _Training:
-    config = prepare_config(base_config(**overrides), dataset)
-    return _Training(config, dataset, device, None, None)
+    return step_count.training_for(base_config(**overrides), dataset, device)
 
 
-def steps(training: _Training, count: int, epoch: int = 1) -> None:
-    """``count`` training steps (batches) of ``training``."""
-    order = torch.randperm(len(training.train.split))[:count * training.config.train.batch_size]
-    _train_epoch(training.wrapped, training.parameters, training.optimizer, training.train,
-                 order, training.config, training.batch_order, epoch)
+steps = step_count.train_steps
 
 
-def step_figures(dataset: Dataset, device: torch.device, count: int) -> dict:
+def step_figures(dataset: Dataset, device: torch.device, count: int,
+                 static_shapes: str) -> dict:
     """ms per step, operations and syncs per step, kernels and busy share on a GPU."""
-    training = training_for(dataset, device)
+    training = training_for(dataset, device, static_shapes=static_shapes)
     batch = training.config.train.batch_size
     steps(training, 5)  # warm-up: kernels chosen, memory pooled
     synchronize(device)
@@ -175,13 +135,13 @@ def step_figures(dataset: Dataset, device: torch.device, count: int) -> dict:
         synchronize(device)
         timings.append((time.perf_counter() - started) / count)
     per_step = statistics.median(timings)
-    with DispatchCounter() as counter:
-        steps(training, 2)
-    figures = {"ms_per_step": round(per_step * 1e3, 3),
+    counted = step_count.count_step(training)
+    figures = {"static_shapes": training.model.static_shapes,
+               "ms_per_step": round(per_step * 1e3, 3),
                "samples_per_s": round(batch / per_step, 1),
-               "aten_ops_per_step": sum(counter.ops.values()) / 2,
-               "non_view_ops_per_step": (sum(counter.ops.values()) - counter.views) / 2,
-               "host_syncs_per_step": counter.syncs / 2}
+               "aten_ops_per_step": counted["ops"],
+               "non_view_ops_per_step": counted["kernel_ops"],
+               "host_syncs_per_step": counted["syncs"]}
     if device.type == "cuda":
         figures["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         torch.cuda.set_sync_debug_mode("warn")
@@ -352,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         part(results, "parity", lambda: parity(data, device))
         aligned = random_dataset(ALIGNED, (max(64, round(MOSI_COUNTS[0] * scale)), 32, 32))
         unaligned = random_dataset(UNALIGNED, (max(64, round(MOSI_COUNTS[0] * scale)), 32, 32))
-        part(results, "step_aligned", lambda: step_figures(aligned, device, count))
-        part(results, "step_unaligned", lambda: step_figures(unaligned, device, count))
+        for name, shapes in (("aligned", aligned), ("unaligned", unaligned)):
+            # the static step (CUDA's default), and the dynamic one as its A/B
+            part(results, f"step_{name}",
+                 lambda shapes=shapes: step_figures(shapes, device, count, "true"))
+            part(results, f"step_{name}_dynamic",
+                 lambda shapes=shapes: step_figures(shapes, device, count, "false"))
         part(results, "footprint", lambda: footprint(
             random_dataset(MOSEI, mosei_counts, lengths=False), device))
         part(results, "packing", lambda: packing(seconds, levels, mosei_counts, device))

@@ -26,9 +26,10 @@ def test_the_gpu_acceptance_script_runs_every_part_dry_on_the_cpu(tmp_path):
     assert report["dry_run"] and report["environment"]["device"] == "cpu"
     assert report["parity"]["max_valid_MAE_difference"] == 0.0  # CPU against CPU
     for shape in ("step_aligned", "step_unaligned"):
-        step = report[shape]
+        step, dynamic = report[shape], report[f"{shape}_dynamic"]
         assert step["ms_per_step"] > 0 and step["non_view_ops_per_step"] > 0
-        assert step["host_syncs_per_step"] >= 0
+        assert step["static_shapes"] and not dynamic["static_shapes"]
+        assert step["host_syncs_per_step"] == 0 < dynamic["host_syncs_per_step"]
     levels = report["packing"]["levels"]
     assert [row["k"] for row in levels] == [1, 2] and levels[0]["speedup_over_k1"] == 1.0
     assert report["footprint"]["estimate_mib"] > 0
@@ -109,3 +110,18 @@ def test_the_search_value_benchmark_compares_the_pick_with_the_defaults_over_see
     assert report["search_reported_seeds"] == 1
     assert isinstance(report["pick_beats_defaults"], bool)
     assert set(report["seconds"]) == {"search", *names}
+
+
+def test_the_step_ops_benchmark_counts_both_paths_and_the_static_one_never_syncs():
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_ops.py"), "--quick", "--json",
+         "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert set(report) == {"dynamic", "static"}
+    for path in report.values():
+        assert set(path) == {"aligned", "unaligned"}
+        for figures in path.values():
+            assert figures["ops"] > 0 and figures["ms"] > 0
+    assert report["static"]["aligned"]["syncs"] == report["static"]["unaligned"]["syncs"] == 0
+    assert report["dynamic"]["unaligned"]["syncs"] > 0

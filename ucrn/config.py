@@ -26,6 +26,7 @@ TASK_NAMES = ("regression", "binary", "seven_class", "emotions")
 
 # How the model standardises its inputs with train-split statistics (ucrn.data.batches).
 STANDARDISE = ("modality", "feature", "off")
+STATIC_SHAPES = ("auto", "true", "false")  # TrainConfig.static_shapes
 
 
 # Upper bounds far above any sensible setting, so that a typo fails at once instead of
@@ -110,6 +111,9 @@ class TrainConfig:
     score_robust: bool = False  # also score valid with one modality masked at a time (robust_*)
     eval_batch_size: int = 256
     seed: int = 0
+    # Fixed shapes and no host syncs in a training step: "auto" (on for CUDA, where a step
+    # is bound by launching kernels), "true" or "false"; the results are the same.
+    static_shapes: str = "auto"
 
     def validate(self) -> None:
         """Raise ``UcrnError`` for settings that cannot train."""
@@ -125,6 +129,9 @@ class TrainConfig:
             raise UcrnError(f"modality_dropout={self.modality_dropout}: must be in [0, 1]")
         if self.learning_rate == 0:
             raise UcrnError("learning_rate=0: must be positive")
+        if self.static_shapes not in STATIC_SHAPES:
+            raise UcrnError(f"static_shapes={self.static_shapes!r}: choose one of "
+                            f"{', '.join(STATIC_SHAPES)}")
 
 
 @dataclass

@@ -225,6 +225,13 @@ def flat_parameters(model: nn.Module) -> nn.Parameter:
     return flat
 
 
+def static_shapes(config: Config, device: torch.device) -> bool:
+    """Whether training steps keep fixed shapes and never wait for the device: on CUDA
+    unless the config says otherwise (the last short batch is a second fixed shape)."""
+    setting = config.train.static_shapes
+    return setting == "true" or (setting == "auto" and torch.device(device).type == "cuda")
+
+
 def _train_epoch(
     wrapped: nn.Module,
     parameters: nn.Parameter,
@@ -279,6 +286,7 @@ class _Training:
         task, modalities = config.model.task, config.model.modalities
         torch.manual_seed(config.train.seed)
         self.model = UCRN(config.model).to(device)
+        self.model.static_shapes = static_shapes(config, device)
         train_split = drop_modalities(dataset.split("train"), modalities)
         self.model.set_input_statistics(input_statistics(train_split, config.model.standardise))
         self.parameters = flat_parameters(self.model)

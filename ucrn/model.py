@@ -36,9 +36,11 @@ def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
     return table
 
 
-def key_padding_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor | None:
-    """``True`` where a key may be attended: (B, 1, 1, T), or None when nothing is padded."""
-    if bool((lengths >= steps).all()):
+def key_padding_mask(lengths: torch.Tensor, steps: int, always: bool = False
+                     ) -> torch.Tensor | None:
+    """``True`` where a key may be attended: (B, 1, 1, T), or None when nothing is padded
+    (unless ``always``: finding that out waits for the device)."""
+    if not always and bool((lengths >= steps).all()):
         return None
     valid = torch.arange(steps, device=lengths.device) < lengths.unsqueeze(1)  # (B, T)
     return valid[:, None, None, :]
@@ -236,17 +238,20 @@ class URM(nn.Module):
     @staticmethod
     def together(
         urms: list[URM], inputs: list[torch.Tensor], lengths: list[torch.Tensor | None],
-        halve_long: bool = True,
+        halve_long: bool = True, static: bool = False,
     ) -> list[torch.Tensor]:
         """The URMs of modalities stored with the same number of steps, as one stacked
         computation (the same result as one by one, with a third of the operations for
-        three): x^U_m (B, d) for each."""
+        three): x^U_m (B, d) for each. ``static``: the shapes depend on the stored steps
+        alone and nothing waits for the device (the same result; for a GPU)."""
         batch, device = len(inputs[0]), inputs[0].device
         full = torch.full((batch,), inputs[0].shape[1], device=device)
         valid = torch.stack([full if n is None else n.long() for n in lengths])  # (G, B)
-        # Padding after the group's longest sequence changes nothing: cut it.
-        steps = max(1, int(valid.max()))
-        if halve_long and device.type == "cpu" and steps > LONG_STEPS and batch > 1:
+        # Padding after the group's longest sequence changes nothing: cut it (reading the
+        # longest waits for the device, so the static path keeps every stored step).
+        steps = inputs[0].shape[1] if static else max(1, int(valid.max()))
+        if (halve_long and not static and device.type == "cpu" and steps > LONG_STEPS
+                and batch > 1):
             # Long sequences run as two halves sorted by length, each cut to its own longest:
             # the short half skips most of its padding, and attention costs T². Exact, as no
             # sample sees another; on the CPU only, where the work outweighs the extra calls.
@@ -264,7 +269,7 @@ class URM(nn.Module):
             rows = torch.arange(batch, device=device)
             return [h[rows, n] for h, n in zip(hidden, last, strict=True)]  # (B, d) each
         hidden = first.dropout(hidden + first._positions(steps, device))
-        mask = key_padding_mask(valid.flatten(), steps)  # (G·B, 1, 1, T)
+        mask = key_padding_mask(valid.flatten(), steps, always=static)  # (G·B, 1, 1, T)
         for depth in range(len(first.layers) - 1):
             hidden = RefinementLayer.together([urm.layers[depth] for urm in urms], hidden, mask)
         # Eq. (6): the last time step; the last layer computes that step alone.
@@ -337,6 +342,10 @@ class UCRN(nn.Module):
             nn.Linear(width, width), nn.ReLU(), ByteDropout(config.dropout),
             nn.Linear(width, get_task(config.task).output_size),
         )
+        # Fixed shapes and no waits for the device in every step (``ucrn.engine`` sets it
+        # from the config's ``static_shapes``); the same results either way.
+        self.static_shapes = False
+        self._modality_index: dict[tuple, torch.Tensor] = {}  # present modalities → index
 
     def set_input_statistics(
         self, statistics: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -363,7 +372,7 @@ class UCRN(nn.Module):
         unimodal: dict[str, torch.Tensor] = {}
         for group in by_steps.values():
             outputs = URM.together([self.urms[m] for m in group], [features[m] for m in group],
-                                   [lengths.get(m) for m in group])
+                                   [lengths.get(m) for m in group], static=self.static_shapes)
             unimodal.update(zip(group, outputs, strict=True))
         return {m: unimodal[m] for m in present}
 
@@ -380,12 +389,21 @@ class UCRN(nn.Module):
         lengths = lengths or {}
         unimodal = self.refine_unimodal(features, lengths, present)  # x^U_m
         tokens = self.sqil(torch.stack([unimodal[m] for m in present], dim=1))  # (B, M, d)
-        index = torch.tensor([MODALITIES.index(m) for m in present], device=tokens.device)
-        fused = self.crm(tokens, index)  # x^C_j  (B, d)
+        fused = self.crm(tokens, self.modality_index(present, tokens.device))  # x^C_j  (B, d)
         prediction = self.head(fused)  # (B, K)
         if get_task(self.config.task).scalar_output:
             prediction = prediction.squeeze(-1)  # (B,)
         return UCRNOutput(prediction, unimodal)
+
+
+    def modality_index(self, present: list[str], device: torch.device) -> torch.Tensor:
+        """The present modalities' positions in ``MODALITIES`` (M,), made once per device
+        (a new one each step would copy from the host every step)."""
+        key = (tuple(present), device)
+        if key not in self._modality_index:
+            self._modality_index[key] = torch.tensor([MODALITIES.index(m) for m in present],
+                                                     device=device)
+        return self._modality_index[key]
 
 
 def count_parameters(model: nn.Module) -> int:
