@@ -14,6 +14,10 @@ writes ``DIR/gpu_acceptance.json`` with:
   16, aligned and unaligned MOSI shapes; ATen operations and host syncs per step (a
   dispatch counter, ``ucrn.step_count``; on CUDA also ``torch.cuda.set_sync_debug_mode``);
   CUDA kernels per step and the GPU's busy share (the profiler); peak memory;
+- ``graphed``: the static step captured as CUDA graphs (``ucrn.graphed``) against the same
+  step eager: ms per step, speed-up, kernels per step and the GPU's busy share, the graphs
+  captured (batch sizes) or a failed capture, and one epoch of each from one seed with
+  dropout 0 (their largest difference in any loss or validation metric);
 - ``footprint``: one MOSEI-size run's peak GPU memory against ``ucrn.footprint``'s estimate;
 - ``packing``: k = 1, 2, 4, 8 processes, each training one fixed configuration on
   MOSEI-size data for ``--seconds``: total steps/s, speed-up over k = 1, MiB per process;
@@ -120,9 +124,10 @@ steps = step_count.train_steps
 
 
 def step_figures(dataset: Dataset, device: torch.device, count: int,
-                 static_shapes: str) -> dict:
+                 static_shapes: str, cuda_graph: bool = False) -> dict:
     """ms per step, operations and syncs per step, kernels and busy share on a GPU."""
-    training = training_for(dataset, device, static_shapes=static_shapes)
+    training = training_for(dataset, device, static_shapes=static_shapes,
+                            cuda_graph=cuda_graph)
     batch = training.config.train.batch_size
     steps(training, 5)  # warm-up: kernels chosen, memory pooled
     synchronize(device)
@@ -135,8 +140,12 @@ def step_figures(dataset: Dataset, device: torch.device, count: int,
         synchronize(device)
         timings.append((time.perf_counter() - started) / count)
     per_step = statistics.median(timings)
-    counted = step_count.count_step(training)
+    # a replayed graph dispatches only the batch's copies: count the eager step
+    counted = step_count.count_step(training) if training.graphs is None else {
+        "ops": None, "kernel_ops": None, "syncs": None}
     figures = {"static_shapes": training.model.static_shapes,
+               "graphs": sorted(training.graphs.graphs) if training.graphs else [],
+               "capture_failed": bool(training.graphs and training.graphs.failed),
                "ms_per_step": round(per_step * 1e3, 3),
                "samples_per_s": round(batch / per_step, 1),
                "aten_ops_per_step": counted["ops"],
@@ -152,6 +161,23 @@ def step_figures(dataset: Dataset, device: torch.device, count: int,
         torch.cuda.set_sync_debug_mode("default")
         figures["sync_debug_warnings_per_step"] = len(caught) / 2
         figures.update(profiled(training, device, count))
+    return figures
+
+
+def graphed(dataset: Dataset, device: torch.device, count: int) -> dict:
+    """The static step as a CUDA graph against the same step eager (goal: ≤ 1.5 ms per
+    aligned batch-16 step, ≥ 4× the eager one), and one epoch of each from one seed with
+    dropout 0 (their largest differences)."""
+    figures = {"graphed": step_figures(dataset, device, count, "true", cuda_graph=True)}
+    eager = step_figures(dataset, device, count, "true", cuda_graph=False)
+    figures["eager_ms_per_step"] = eager["ms_per_step"]
+    figures["speedup"] = round(eager["ms_per_step"] / figures["graphed"]["ms_per_step"], 2)
+    epochs = {setting: fit(base_config(dropout=0.0, seed=3, epochs=1, static_shapes="true",
+                                       cuda_graph=setting), dataset, device=device,
+                           score_test=False).history[0] for setting in (False, True)}
+    figures["max_epoch_difference"] = max(
+        abs(epochs[False][key] - epochs[True][key]) for key in epochs[False]
+        if key.startswith(("train_", "valid_")))
     return figures
 
 
@@ -318,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                  lambda shapes=shapes: step_figures(shapes, device, count, "true"))
             part(results, f"step_{name}_dynamic",
                  lambda shapes=shapes: step_figures(shapes, device, count, "false"))
+        part(results, "graphed", lambda: graphed(aligned, device, count))
         part(results, "footprint", lambda: footprint(
             random_dataset(MOSEI, mosei_counts, lengths=False), device))
         part(results, "packing", lambda: packing(seconds, levels, mosei_counts, device))

@@ -30,6 +30,9 @@ def test_the_gpu_acceptance_script_runs_every_part_dry_on_the_cpu(tmp_path):
         assert step["ms_per_step"] > 0 and step["non_view_ops_per_step"] > 0
         assert step["static_shapes"] and not dynamic["static_shapes"]
         assert step["host_syncs_per_step"] == 0 < dynamic["host_syncs_per_step"]
+    graphed = report["graphed"]  # on the CPU no graph is captured: the eager step twice
+    assert graphed["graphed"]["graphs"] == [] and not graphed["graphed"]["capture_failed"]
+    assert graphed["speedup"] > 0 and graphed["max_epoch_difference"] == 0
     levels = report["packing"]["levels"]
     assert [row["k"] for row in levels] == [1, 2] and levels[0]["speedup_over_k1"] == 1.0
     assert report["footprint"]["estimate_mib"] > 0

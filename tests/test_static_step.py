@@ -68,3 +68,38 @@ def test_static_shapes_is_on_for_cuda_unless_told_and_checked():
     assert not static_shapes(apply_overrides(auto, {"static_shapes": "false"}), "cuda")
     with pytest.raises(UcrnError, match="static_shapes='sometimes': choose one of auto"):
         apply_overrides(auto, {"static_shapes": "sometimes"})
+
+
+def test_the_graphed_step_run_eagerly_trains_as_the_plain_loop(tiny_mosi):
+    # what a CUDA graph replays: λm and the summed losses as buffers set once per epoch;
+    # on the CPU the same steps run eagerly through them (the capture is the GPU's part)
+    from ucrn.data.layout import load_dataset
+    from ucrn.graphed import GraphedSteps
+
+    dataset = load_dataset(tiny_mosi)
+    histories = []
+    for graphed in (False, True):
+        config = apply_overrides(Config(), {**SMALL, "epochs": 2, "static_shapes": "true",
+                                            "dropout": 0.1})
+        training = training_for(config, dataset, "cpu")
+        assert training.graphs is None  # no CUDA graph on the CPU
+        if graphed:
+            training.graphs = GraphedSteps(training._graph_step, torch.device("cpu"),
+                                           capture=False)
+        results = [training.run_epoch(epoch, 0, 1) for epoch in (1, 2)]
+        histories.append([(r.train_loss, r.train_task_loss, r.train_js, r.valid)
+                          for r in results])
+    assert histories[0] == histories[1]
+
+
+def test_a_graph_buffer_takes_each_batch_in_place():
+    from ucrn.graphed import _clone, _copy_into
+
+    first = ({"l": torch.zeros(2, 3)}, {"l": torch.tensor([1, 3]), "a": None}, torch.zeros(2))
+    second = ({"l": torch.ones(2, 3)}, {"l": torch.tensor([2, 2]), "a": None}, torch.ones(2))
+    buffers = _clone(first)
+    pointer = buffers[0]["l"].data_ptr()
+    _copy_into(buffers, second)
+    assert buffers[0]["l"].data_ptr() == pointer and torch.equal(buffers[0]["l"], second[0]["l"])
+    assert torch.equal(buffers[1]["l"], second[1]["l"]) and buffers[1]["a"] is None
+    assert torch.equal(buffers[2], second[2])

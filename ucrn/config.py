@@ -114,6 +114,8 @@ class TrainConfig:
     # Fixed shapes and no host syncs in a training step: "auto" (on for CUDA, where a step
     # is bound by launching kernels), "true" or "false"; the results are the same.
     static_shapes: str = "auto"
+    # On CUDA, with the static step in one process: each step as one CUDA graph, replayed.
+    cuda_graph: bool = True
 
     def validate(self) -> None:
         """Raise ``UcrnError`` for settings that cannot train."""

@@ -37,6 +37,7 @@ from ucrn.data.layout import Dataset, Split, load_dataset, read_attrs
 from ucrn.errors import UcrnError
 from ucrn.files import atomic_write, check_directory, load_tensors
 from ucrn.footprint import activation_bytes, check_room, estimated_parameters, parameter_bytes
+from ucrn.graphed import GraphedSteps
 from ucrn.losses import task_loss, ucrn_loss
 from ucrn.metrics import ROBUST_PREFIX, is_better
 from ucrn.model import UCRN
@@ -232,6 +233,25 @@ def static_shapes(config: Config, device: torch.device) -> bool:
     return setting == "true" or (setting == "auto" and torch.device(device).type == "cuda")
 
 
+def train_step(
+    wrapped: nn.Module, parameters: nn.Parameter, optimizer: torch.optim.Optimizer,
+    config: Config, features: dict[str, torch.Tensor],
+    lengths: dict[str, torch.Tensor | None], targets: torch.Tensor,
+    lambda_m: float | torch.Tensor, totals: torch.Tensor,
+) -> None:
+    """One step: forward, L = λm·L_M + λc·L_C (eq. 13), backward, clipping, Adam; its L,
+    L_C and L_M added to ``totals`` on the device (nothing here reads a value back)."""
+    output = wrapped(features, lengths)
+    loss = ucrn_loss(output.prediction, targets, output.unimodal, config.model.task,
+                     lambda_m, config.train.lambda_c)
+    parameters.grad.zero_()  # the model's gradients are views of it
+    loss.total.backward()
+    if config.train.grad_clip:
+        nn.utils.clip_grad_norm_(parameters, config.train.grad_clip)
+    optimizer.step()
+    totals += torch.stack([loss.total.detach(), loss.task.detach(), loss.js.detach()])
+
+
 def _train_epoch(
     wrapped: nn.Module,
     parameters: nn.Parameter,
@@ -241,12 +261,17 @@ def _train_epoch(
     config: Config,
     generator: torch.Generator,
     epoch: int,
+    graphs: GraphedSteps | None = None,
 ) -> tuple[float, float, float]:
-    """One pass over ``order``: mean total loss, L_C and L_M over the batches."""
+    """One pass over ``order``: mean total loss, L_C and L_M over the batches; each step
+    replayed from a CUDA graph when ``graphs`` is given."""
     train_config = config.train
     lambda_m = train_config.lambda_m * min(1.0, epoch / (train_config.lambda_m_warmup + 1))
     wrapped.train()
-    totals = torch.zeros(3, device=data.targets.device)
+    if graphs is not None:
+        totals = graphs.start_epoch(lambda_m)
+    else:
+        totals = torch.zeros(3, device=data.targets.device)
     batches = 0
     subsets = modality_subsets(config.model.modalities) if train_config.modality_dropout else []
     for batch in iterate_batches(
@@ -258,17 +283,11 @@ def _train_epoch(
             keep = subsets[int(torch.randint(len(subsets), (1,), generator=generator))]
             features = {m: features[m] for m in keep}
             lengths = {m: lengths[m] for m in keep}
-        output = wrapped(features, lengths)
-        loss = ucrn_loss(
-            output.prediction, batch.targets, output.unimodal, config.model.task,
-            lambda_m, train_config.lambda_c,
-        )
-        parameters.grad.zero_()  # the model's gradients are views of it
-        loss.total.backward()
-        if train_config.grad_clip:
-            nn.utils.clip_grad_norm_(parameters, train_config.grad_clip)
-        optimizer.step()
-        totals += torch.stack([loss.total.detach(), loss.task.detach(), loss.js.detach()])
+        if graphs is not None:
+            graphs(features, lengths, batch.targets)
+        else:
+            train_step(wrapped, parameters, optimizer, config, features, lengths,
+                       batch.targets, lambda_m, totals)
         batches += 1
     total, task, regulariser = (totals / max(batches, 1)).tolist()
     return total, task, regulariser
@@ -291,10 +310,13 @@ class _Training:
         self.model.set_input_statistics(input_statistics(train_split, config.model.standardise))
         self.parameters = flat_parameters(self.model)
         self.wrapped = wrap_model(self.model) if wrap_model else self.model
+        graphed = (device.type == "cuda" and self.model.static_shapes and config.train.cuda_graph
+                   and not config.train.modality_dropout and wrap_model is None)
         self.optimizer = torch.optim.Adam(  # fused: one kernel, 9× faster than a loop
             [self.parameters], lr=config.train.learning_rate,
-            weight_decay=config.train.weight_decay, fused=True,
+            weight_decay=config.train.weight_decay, fused=True, capturable=graphed,
         )
+        self.graphs = GraphedSteps(self._graph_step, device) if graphed else None
         self.batch_order = torch.Generator().manual_seed(config.train.seed)
         columns = label_columns(dataset, task)
         self.train = _TaskData(train_split, columns, task, device)
@@ -311,11 +333,18 @@ class _Training:
         if resume is not None:
             self.model.load_state_dict(resume.weights)
             self.optimizer.load_state_dict(resume.optimizer)
+            for group in self.optimizer.param_groups:  # a state saved without graphs
+                group["capturable"] = graphed
             self.batch_order.set_state(resume.batch_order)
             torch.set_rng_state(resume.torch_rng)
             if resume.cuda_rng is not None and device.type == "cuda":
                 torch.cuda.set_rng_state_all(resume.cuda_rng)
             self.state = dataclasses.replace(resume, config=config)  # e.g. more epochs
+
+    def _graph_step(self, features, lengths, targets, lambda_m, totals) -> None:
+        """The step a CUDA graph captures: λm as its buffer, unless the config has none."""
+        train_step(self.wrapped, self.parameters, self.optimizer, self.config, features,
+                   lengths, targets, lambda_m if self.config.train.lambda_m else 0.0, totals)
 
     def checkpoint(self) -> TrainingState:
         """A snapshot that ``fit(resume=…)`` continues from exactly."""
@@ -331,7 +360,7 @@ class _Training:
         order = epoch_order(len(self.train.split), shuffle=True, generator=self.batch_order,
                             rank=rank, world_size=world_size)
         losses = _train_epoch(self.wrapped, self.parameters, self.optimizer, self.train, order,
-                              self.config, self.batch_order, epoch)
+                              self.config, self.batch_order, epoch, self.graphs)
         train_seconds = time.perf_counter() - started
         if not math.isfinite(losses[0]):
             raise UcrnError(

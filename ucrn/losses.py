@@ -66,10 +66,11 @@ def ucrn_loss(
     target: torch.Tensor,
     unimodal: dict[str, torch.Tensor],
     task: str,
-    lambda_m: float,
+    lambda_m: float | torch.Tensor,
     lambda_c: float,
 ) -> Loss:
-    """Eq. (13): L = λm·L_M + λc·L_C."""
+    """Eq. (13): L = λm·L_M + λc·L_C; λm may be a 0-d tensor (a CUDA graph's, set per epoch)."""
     task_term = task_loss(prediction, target, task)
-    regulariser = multimodal_js(unimodal) if lambda_m else prediction.new_zeros(())
+    computed = isinstance(lambda_m, torch.Tensor) or lambda_m  # a tensor's value is not read
+    regulariser = multimodal_js(unimodal) if computed else prediction.new_zeros(())
     return Loss(lambda_m * regulariser + lambda_c * task_term, task_term, regulariser)

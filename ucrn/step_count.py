@@ -97,7 +97,7 @@ def train_steps(training: _Training, count: int, epoch: int = 1) -> None:
     batch = training.config.train.batch_size
     order = torch.randperm(len(training.train.split))[:count * batch]
     _train_epoch(training.wrapped, training.parameters, training.optimizer, training.train,
-                 order, training.config, training.batch_order, epoch)
+                 order, training.config, training.batch_order, epoch, training.graphs)
 
 
 def count_step(training: _Training, count: int = 2) -> dict[str, float]:
