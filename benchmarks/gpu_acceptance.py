@@ -55,7 +55,7 @@ from ucrn.engine import _Training, fit, prepare_config
 from ucrn.footprint import training_device_bytes
 from ucrn.gpu import driver_version
 from ucrn.model import UCRN, count_parameters
-from ucrn.step_count import ALIGNED, UNALIGNED, random_dataset
+from ucrn.step_count import ALIGNED, UNALIGNED, random_dataset, train_steps
 
 MOSEI = {"l": (50, 300), "a": (50, 74), "v": (50, 35)}
 MOSI_COUNTS, MOSEI_COUNTS = (1284, 229, 686), (16326, 1871, 4659)
@@ -120,23 +120,20 @@ def training_for(dataset: Dataset, device: torch.device, **overrides) -> _Traini
     return step_count.training_for(base_config(**overrides), dataset, device)
 
 
-steps = step_count.train_steps
-
-
 def step_figures(dataset: Dataset, device: torch.device, count: int,
                  static_shapes: str, cuda_graph: bool = False) -> dict:
     """ms per step, operations and syncs per step, kernels and busy share on a GPU."""
     training = training_for(dataset, device, static_shapes=static_shapes,
                             cuda_graph=cuda_graph)
     batch = training.config.train.batch_size
-    steps(training, 5)  # warm-up: kernels chosen, memory pooled
+    train_steps(training, 5)  # warm-up: kernels chosen, memory pooled
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timings = []
     for _ in range(3):
         started = time.perf_counter()
-        steps(training, count)
+        train_steps(training, count)
         synchronize(device)
         timings.append((time.perf_counter() - started) / count)
     per_step = statistics.median(timings)
@@ -156,7 +153,7 @@ def step_figures(dataset: Dataset, device: torch.device, count: int,
         torch.cuda.set_sync_debug_mode("warn")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            steps(training, 2)
+            train_steps(training, 2)
             synchronize(device)
         torch.cuda.set_sync_debug_mode("default")
         figures["sync_debug_warnings_per_step"] = len(caught) / 2
@@ -187,7 +184,7 @@ def profiled(training: _Training, device: torch.device, count: int) -> dict:
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
         started = time.perf_counter()
-        steps(training, count)
+        train_steps(training, count)
         synchronize(device)
         wall = time.perf_counter() - started
     kernels = [e for e in profiler.events() if e.device_type == torch.autograd.DeviceType.CUDA]
@@ -207,7 +204,7 @@ def footprint(dataset: Dataset, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         free_before, total = torch.cuda.mem_get_info(device)
         training = _Training(config, dataset, device, None, None)
-        steps(training, 20)
+        train_steps(training, 20)
         synchronize(device)
         figures.update(peak_allocated_mib=round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
                        peak_reserved_mib=round(torch.cuda.max_memory_reserved(device) / 2**20, 1),
@@ -227,11 +224,11 @@ def _packed_worker(rank: int, seconds: float, counts: tuple, device_name: str, m
     device = torch.device(device_name)
     dataset = random_dataset(MOSEI, counts, seed=rank, lengths=False)
     training = training_for(dataset, device, seed=rank)
-    steps(training, 3)  # warm-up
+    train_steps(training, 3)  # warm-up
     synchronize(device)
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        steps(training, 10)
+        train_steps(training, 10)
         done += 10
     synchronize(device)
     elapsed = time.perf_counter() - started

@@ -35,7 +35,6 @@ class FairHalving(FIFOScheduler):
         while epoch < max_t:
             self.rungs[epoch] = {}
             epoch *= reduction_factor
-        self.stopped = 0
 
     def on_trial_add(self, tune_controller, trial) -> None:
         """A trial restored by ``--resume`` brings back the rungs it had reached."""
@@ -44,10 +43,7 @@ class FairHalving(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._record(trial.trial_id, result)
-        if self.outranked(trial.trial_id):
-            self.stopped += 1
-            return TrialScheduler.STOP
-        return TrialScheduler.CONTINUE
+        return TrialScheduler.STOP if self.outranked(trial.trial_id) else TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         if result:

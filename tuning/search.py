@@ -376,7 +376,7 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], resources,
     test = evaluate(model, plan.dataset.split("test"), plan.dataset, state.config)  # once
     result = state.to_fit_result(test, seconds, model)
     _save_best_run(plan.experiment, result)
-    trial_epochs = int(table.loc[table["trial"] == _trial_id(best)[:8], "epochs"].iloc[0])
+    trial_epochs = int(_row(table, _trial_id(best))["epochs"])
     config = state.config.to_dict()
     config["train"].update(plan.budget)
     record = {
@@ -390,18 +390,26 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], resources,
         "metrics": {"valid": result.valid, "test": test},
     }
     _write_text(plan.experiment, "best.json", json.dumps(record, indent=2) + "\n")
+    _show_search(plan, table, best, searched, record)
+    return record
 
+
+def _show_search(plan: SearchPlan, table, best, searched: list[str],
+                 record: dict[str, Any]) -> None:
+    """The search's summary on the terminal: its trials, its choice and what mattered."""
+    found = record["search"]
+    seconds, trial_epochs, best_epoch = found["seconds"], found["trial_epochs"], found["best_epoch"]
     stdout = table_console()
-    stdout.print(rich_table(table, title=f"{len(grid)} trials, best {plan.metric} first",
+    stdout.print(rich_table(table, title=f"{len(table)} trials, best {plan.metric} first",
                             max_rows=20))
     best_settings = {key: best.config[key] for key in searched if key in best.config}
     stdout.print(f"best trial {_trial_id(best)}: {json.dumps(best_settings)}")
-    if (paper_record := record["search"]["paper_trial"]) is not None:
+    if (paper_record := found["paper_trial"]) is not None:
         stdout.print(f"the paper's configuration ran as trial {paper_record['trial']}: "
                      f"{plan.metric} {paper_record[plan.metric]:.4f} at its best epoch")
     stdout.print(metrics_table(
-        f"best checkpoint (epoch {state.best_epoch}) · selected on {plan.metric}",
-        {"valid": result.valid, "test (scored once)": test},
+        f"best checkpoint (epoch {best_epoch}) · selected on {plan.metric}",
+        {"valid": record["metrics"]["valid"], "test (scored once)": record["metrics"]["test"]},
     ))
     stdout.print(f"wrote {plan.experiment}/trials.csv, best.json, best/ ({seconds:.0f} s of "
                  "search)")
@@ -412,7 +420,6 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], resources,
     if len(plan.metrics) > 1:
         _write_pareto_front(plan, table, _trial_id(best)[:8], stdout)
     _show_what_mattered(plan, stdout)
-    return record
 
 
 def _finalist_scores(plan: SearchPlan, grid, table, results, resources) -> dict[str, list]:
@@ -468,11 +475,16 @@ def _paper_trial(results: list, point: dict[str, Any] | None) -> str | None:
                 None)
 
 
+def _row(table, trial: str):
+    """The row of ``trial`` in trials.csv's table (which shows ids by their first 8 letters)."""
+    return table[table["trial"] == trial[:8]].iloc[0]
+
+
 def _paper_record(table, paper: str | None, metric: str) -> dict[str, Any] | None:
     """The paper trial's id and validation score at its best epoch, for best.json."""
     if paper is None:
         return None
-    row = table[table["trial"] == paper[:8]].iloc[0]
+    row = _row(table, paper)
     return {"trial": paper, metric: float(row[metric]), "epochs": int(row["epochs"])}
 
 

@@ -103,8 +103,8 @@ def train_steps(training: _Training, count: int, epoch: int = 1) -> None:
 def count_step(training: _Training, count: int = 2) -> dict[str, float]:
     """Operations, kernel-launching operations and host syncs per training step.
 
-    The epoch's own reads (its losses, once per epoch) are left out: with one step more
-    and one step less, the difference is what each step adds."""
+    The epoch's own reads (its losses, once per epoch) are left out: ``count`` steps are
+    counted against ``2 × count``, and the difference is what the extra steps add."""
     counts = []
     for steps in (count, 2 * count):
         with DispatchCounter() as counter:
