@@ -8,8 +8,9 @@ import torch
 
 from ucrn.config import Config, apply_overrides
 from ucrn.data.layout import load_dataset
-from ucrn.engine import evaluate, fit, flat_parameters, load_run, prepare_config, save_run
+from ucrn.engine import evaluate, fit, load_run, prepare_config, save_run
 from ucrn.errors import UcrnError
+from ucrn.flat import FlatParameters
 from ucrn.model import UCRN
 from ucrn.robustness import score_conditions
 from ucrn.state import TrainingState
@@ -191,7 +192,7 @@ def test_a_step_over_flat_parameters_is_adam_and_clipping_on_each(mosi):
     config = prepare_config(_config(), mosi)
     model = UCRN(config.model).eval()  # no dropout: both see the same function
     twin, start = copy.deepcopy(model), copy.deepcopy(model.state_dict())
-    flat = flat_parameters(model)
+    flat = FlatParameters(model).flat
     assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
                for p in model.parameters())
     split = mosi.split("train")

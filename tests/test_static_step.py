@@ -8,6 +8,7 @@ from ucrn.data.batches import iterate_batches
 from ucrn.engine import fit, static_shapes
 from ucrn.errors import UcrnError
 from ucrn.losses import ucrn_loss
+from ucrn.model import ByteDropout
 from ucrn.step_count import ALIGNED, UNALIGNED, count_step, random_dataset, training_for
 
 SMALL = {"urm_layers": 2, "crm_layers": 1, "width": 12, "heads": 3, "dropout": 0.0,
@@ -27,9 +28,9 @@ def _loss_and_gradients(training):
     output = training.model(batch.features, batch.lengths)
     loss = ucrn_loss(output.prediction, batch.targets, output.unimodal, "regression",
                      1.0, 1.0).total
-    training.parameters.grad.zero_()
+    training.parameters.flat.grad.zero_()
     loss.backward()
-    return loss.detach(), training.parameters.grad.clone()
+    return loss.detach(), training.parameters.flat.grad.clone()
 
 
 @pytest.mark.parametrize("shapes", SHAPES)
@@ -45,6 +46,20 @@ def test_the_static_step_waits_for_the_device_never_and_the_dynamic_one_does(sha
     # the dispatch counter sees the syncs a GPU would wait for: scalar reads, copies to host
     assert count_step(_training(SHAPES[shapes], "true"), 1)["syncs"] == 0
     assert count_step(_training(SHAPES[shapes], "false"), 1)["syncs"] > 0
+
+
+@pytest.mark.parametrize(("shapes", "most"), [("aligned", 600), ("unaligned", 1200)])
+def test_the_papers_static_step_launches_few_kernels(shapes, most):
+    # forward, L, backward, clipping and Adam of the paper's model, batch 16, as a GPU
+    # would dispatch them (the device's own dropout kernel; stacks read as views)
+    dataset = random_dataset(SHAPES[shapes], (64, 8, 8))
+    config = apply_overrides(Config(), {"static_shapes": "true", "epochs": 1})
+    training = training_for(config, dataset, "cpu")
+    assert all(module.native for module in training.model.modules()
+               if isinstance(module, ByteDropout))
+    counted = count_step(training)
+    assert counted["syncs"] == 0
+    assert counted["kernel_ops"] <= most
 
 
 def test_an_epoch_on_the_static_path_scores_as_the_dynamic_one(tiny_mosi):

@@ -38,12 +38,15 @@ def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
 
 def key_padding_mask(lengths: torch.Tensor, steps: int, always: bool = False
                      ) -> torch.Tensor | None:
-    """``True`` where a key may be attended: (B, 1, 1, T), or None when nothing is padded
-    (unless ``always``: finding that out waits for the device)."""
+    """What attention adds to its scores: 0 where a key may be attended and −∞ after each
+    sequence's end, (B, 1, 1, T); made once for all layers (each attention call would turn
+    a boolean mask into it again). None when nothing is padded (unless ``always``: finding
+    that out waits for the device)."""
     if not always and bool((lengths >= steps).all()):
         return None
-    valid = torch.arange(steps, device=lengths.device) < lengths.unsqueeze(1)  # (B, T)
-    return valid[:, None, None, :]
+    padded = torch.arange(steps, device=lengths.device) >= lengths.unsqueeze(1)  # (B, T)
+    scores = torch.zeros(padded.shape, device=lengths.device).masked_fill_(padded, -math.inf)
+    return scores[:, None, None, :]
 
 
 class ByteDropout(nn.Module):
@@ -57,40 +60,69 @@ class ByteDropout(nn.Module):
         super().__init__()
         self.p = p
         self.threshold = min(255, round(p * 256))  # a byte below this drops its element
+        self.kept = torch.tensor(256.0 / (256 - self.threshold))  # what a kept element is
+        self.dropped = torch.tensor(0.0)  # scaled by (tensors: no scalar made per call)
+        self.native = False  # the device's own dropout, as on a GPU (for the static step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.threshold == 0:
+        if not self.training or self.p == 0:
             return x
-        if x.device.type != "cpu":
-            return F.dropout(x, self.p, training=True)
+        if x.device.type != "cpu" or self.native:  # the fused kernel F.dropout takes on a GPU
+            return torch.native_dropout(x, self.p, True)[0]
+        if self.threshold == 0:
+            return x
         count = x.numel()
         draws = torch.randint(_INT64.min, _INT64.max, ((count + 7) // 8,), dtype=torch.int64)
         random_bytes = draws.view(torch.uint8)[:count].view(x.shape)
-        keep_scale = 256.0 / (256 - self.threshold)
-        return x * torch.where(random_bytes >= self.threshold, keep_scale, 0.0)
+        return x * torch.where(random_bytes >= self.threshold, self.kept, self.dropped)
 
 
 _INT64 = torch.iinfo(torch.int64)
 
 
 def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The same parameter of G modules as one (G, …) tensor; a view when G is 1."""
+    """The same parameter of G modules as one (G, …) tensor; a view when G is 1, or when
+    the G are the slices of one (``stacked_in``, as ``ucrn.flat`` lays stacks out)."""
+    whole = getattr(tensors[0], "stacked_in", None)
+    if whole is not None and len(whole) == len(tensors) and all(
+            getattr(t, "stacked_in", None) is whole and t.stacked_index == i
+            for i, t in enumerate(tensors)):
+        return whole
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
-def block_diagonal(blocks: torch.Tensor) -> torch.Tensor:
-    """(G, H, r, c) blocks → (G, H·r, H·c) block-diagonal matrices, in two operations."""
+def block_diagonal(blocks: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
+    """(G, H, r, c) blocks → (G, H·r, H·c) block-diagonal matrices, with ``eye`` the H × H
+    identity: one product, whose gradient comes back in the blocks' own layout."""
     groups, heads, rows, columns = blocks.shape
-    matrix = blocks.new_zeros(groups, heads, rows, heads, columns)
-    torch.diagonal(matrix, dim1=1, dim2=3).copy_(blocks.permute(0, 2, 3, 1))  # (G, r, c, H)
+    matrix = blocks.unsqueeze(3) * eye.view(1, heads, 1, heads, 1)  # (G, H, r, H, c)
     return matrix.view(groups, heads * rows, heads * columns)
+
+
+class _StackedLinear(torch.autograd.Function):
+    """x Wᵀ + b for G stacked layers, as batched matrix products whose weight gradient
+    comes back as (G, out, in) like the weight (autograd's would be its transpose, which
+    costs a copy per layer where the gradients are gathered)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias, x, weight.transpose(1, 2))  # (G, N, out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad.bmm(weight) if ctx.needs_input_grad[0] else None  # (G, N, in)
+        grad_weight = grad.transpose(1, 2).bmm(x) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(1, keepdim=True) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
 
 
 def stacked_linear(layers: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
     """Each of G linear layers on its own slice of x: (G, N, in) → (G, N, out), one GEMM."""
-    weight = stacked([layer.weight for layer in layers]).transpose(1, 2)  # (G, in, out)
+    weight = stacked([layer.weight for layer in layers])  # (G, out, in)
     bias = stacked([layer.bias for layer in layers]).unsqueeze(1)  # (G, 1, out)
-    return torch.baddbmm(bias, x, weight)
+    return _StackedLinear.apply(x, weight, bias)
 
 
 def stacked_layer_norm(norms: list[nn.LayerNorm], x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +148,7 @@ class HeadSliceAttention(nn.Module):
         )
         self.qkv_bias = nn.Parameter(torch.zeros(3 * width))
         self.attention_dropout = attention_dropout
+        self.register_buffer("head_eye", torch.eye(heads), persistent=False)  # H × H
         # On the heads' output before the residual joins it (Vaswani et al.'s placement):
         # eq. (4) has no residual around FC1, so dropout after the join would hit the only
         # path through every layer (it kept deep, narrow or heavily regularised models from
@@ -133,7 +166,8 @@ class HeadSliceAttention(nn.Module):
         groups, batch, steps, width = x.shape
         heads, head_width = first.heads, first.head_width
         # One GEMM with the block-diagonal matrix is faster than a batched matmul per head.
-        weight = block_diagonal(stacked([m.qkv_weight for m in modules]))  # (G, 3d, d)
+        weight = block_diagonal(stacked([m.qkv_weight for m in modules]),
+                                first.head_eye)  # (G, 3d, d)
         bias = stacked([m.qkv_bias for m in modules]).unsqueeze(1)  # (G, 1, 3d)
         qkv = torch.baddbmm(bias, x.view(groups, batch * steps, width), weight.transpose(1, 2))
         qkv = qkv.view(groups * batch, steps, heads, 3 * head_width).transpose(1, 2)
@@ -342,10 +376,22 @@ class UCRN(nn.Module):
             nn.Linear(width, width), nn.ReLU(), ByteDropout(config.dropout),
             nn.Linear(width, get_task(config.task).output_size),
         )
-        # Fixed shapes and no waits for the device in every step (``ucrn.engine`` sets it
-        # from the config's ``static_shapes``); the same results either way.
         self.static_shapes = False
         self._modality_index: dict[tuple, torch.Tensor] = {}  # present modalities → index
+
+    @property
+    def static_shapes(self) -> bool:
+        """Fixed shapes and no waits for the device in every step, with the device's own
+        dropout kernel, as a GPU runs it (``ucrn.engine`` sets it from the config's
+        ``static_shapes``); the same results either way, dropout's random draws aside."""
+        return self._static_shapes
+
+    @static_shapes.setter
+    def static_shapes(self, static: bool) -> None:
+        self._static_shapes = static
+        for module in self.modules():
+            if isinstance(module, ByteDropout):
+                module.native = static
 
     def set_input_statistics(
         self, statistics: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -360,17 +406,34 @@ class UCRN(nn.Module):
         """The train means of the inputs (d_m,): what a masked modality is filled with."""
         return {m: urm.standardise.mean.detach().cpu() for m, urm in self.urms.items()}
 
+    @staticmethod
+    def urm_groups(features: dict[str, torch.Tensor], present: list[str]) -> list[list[str]]:
+        """The present modalities by stored steps: each group's URMs run as one stacked
+        computation (one group holding them all in aligned data)."""
+        by_steps: dict[int, list[str]] = {}
+        for modality in present:
+            by_steps.setdefault(features[modality].shape[1], []).append(modality)
+        return list(by_steps.values())
+
+    def parameter_stacks(self) -> list[list[nn.Module]]:
+        """The modules whose parameters ``URM.together`` stacks when every modality's URM
+        runs in one group: the URMs' layers of each depth."""
+        urms = list(self.urms.values())
+        return [[urm.layers[depth] for urm in urms] for depth in range(len(urms[0].layers))]
+
+    def runs_stacks_together(self, features: dict[str, torch.Tensor]) -> bool:
+        """Whether ``features`` run every modality's URM in one group."""
+        groups = self.urm_groups(features, [m for m in self.urms if m in features])
+        return len(groups) == 1 and len(groups[0]) == len(self.urms)
+
     def refine_unimodal(
         self, features: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor | None],
         present: list[str],
     ) -> dict[str, torch.Tensor]:
         """x^U_m for each present modality; modalities stored with the same number of steps
         (all of them in aligned data) run their URMs as one stacked computation."""
-        by_steps: dict[int, list[str]] = {}
-        for modality in present:
-            by_steps.setdefault(features[modality].shape[1], []).append(modality)
         unimodal: dict[str, torch.Tensor] = {}
-        for group in by_steps.values():
+        for group in self.urm_groups(features, present):
             outputs = URM.together([self.urms[m] for m in group], [features[m] for m in group],
                                    [lengths.get(m) for m in group], static=self.static_shapes)
             unimodal.update(zip(group, outputs, strict=True))

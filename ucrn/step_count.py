@@ -21,22 +21,29 @@ ALIGNED = {"l": (50, 300), "a": (50, 5), "v": (50, 20)}  # MOSI: steps, features
 UNALIGNED = {"l": (50, 300), "a": (375, 5), "v": (500, 20)}
 
 SYNCING = ("aten._local_scalar_dense",)  # .item(), float(), int(), bool() of a tensor
+# Operations that launch no kernel though their schema does not say they alias: a view
+# made without the alias mark, and allocations (memory that nothing fills yet).
+NO_KERNEL = ("aten._unsafe_view", "aten.empty", "aten.empty_like", "aten.empty_strided",
+             "aten.new_empty", "aten.new_empty_strided")
 
 
 class DispatchCounter(TorchDispatchMode):
-    """Counts the ATen operations dispatched inside it: all of them, views (which launch no
-    kernel), and host syncs (a scalar read, or a copy from a device to the host)."""
+    """Counts the ATen operations dispatched inside it: all of them, views and allocations
+    (which launch no kernel), and host syncs (a scalar read, or a copy from a device to the
+    host)."""
 
     def __init__(self):
         super().__init__()
         self.ops: Counter = Counter()
         self.views = 0
+        self.no_kernel = 0
         self.device_to_host = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.ops[str(func.overloadpacket)] += 1
         self.views += bool(getattr(func, "is_view", False))
+        self.no_kernel += str(func.overloadpacket) in NO_KERNEL
         self.device_to_host += _copies_to_host(str(func.overloadpacket), args, kwargs)
         return func(*args, **kwargs)
 
@@ -46,8 +53,9 @@ class DispatchCounter(TorchDispatchMode):
 
     @property
     def kernel_ops(self) -> int:
-        """Operations that are not views: each launches (at least) one kernel on a GPU."""
-        return self.total - self.views
+        """Operations other than views and allocations: each launches (at least) one kernel
+        on a GPU."""
+        return self.total - self.views - self.no_kernel
 
     @property
     def syncs(self) -> int:
