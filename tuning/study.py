@@ -127,6 +127,14 @@ class StudySearch(OptunaSearch):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._ot_study.set_metric_names(self._metrics)  # the dashboard shows them
 
+    def suggest(self, trial_id: str) -> dict | None:
+        import warnings
+
+        with warnings.catch_warnings():
+            # The paper's trial may lie between a stepped range's points (tuning.space).
+            warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+            return super().suggest(trial_id)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         import optuna
 
@@ -216,9 +224,20 @@ def equal_budget_trials(study) -> tuple[list, str]:
         best = min((epoch for epoch in curve if epoch <= budget),
                    key=lambda epoch: sign * curve[epoch][0])
         made.append(optuna.trial.create_trial(params=trial.params,
-                                              distributions=trial.distributions,
+                                              distributions=_whole(trial.distributions),
                                               values=curve[best]))
     return made, f"all {len(made)} trials at epoch {budget}, which each of them reached"
+
+
+def _whole(distributions: dict) -> dict:
+    """Stepped integer ranges as whole ones: the paper's trial may lie between the points
+    of one (``tuning.space``), which a trial made anew must hold."""
+    import optuna
+
+    return {name: (optuna.distributions.IntDistribution(d.low, d.high)
+                   if isinstance(d, optuna.distributions.IntDistribution) and d.step != 1
+                   else d)
+            for name, d in distributions.items()}
 
 
 def what_mattered(url: str, study_name: str, folder: Path) -> tuple[pd.DataFrame, str]:
@@ -251,7 +270,9 @@ def what_mattered(url: str, study_name: str, folder: Path) -> tuple[pd.DataFrame
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line
             compared = optuna.create_study(directions=study.directions)
             optuna.logging.set_verbosity(verbosity)
-            compared.add_trials(trials)
+            compared.add_trials([optuna.trial.create_trial(
+                params=trial.params, distributions=_whole(trial.distributions),
+                values=trial.values) for trial in trials])
             compared.set_metric_names(names)
             # Optuna's default evaluator (PED-ANOVA) ranks what leads to low targets: a
             # maximised objective is turned round, as its warning asks.
