@@ -4,9 +4,10 @@ Clipping is then one norm and Adam one fused step over one tensor, instead of on
 per parameter (220 of them in the paper's model). Inside ``FlatParameters.step_views`` (the
 static step's, for a GPU) the model reads its parameters as views made by one split of the
 flat tensor, so that backward gathers every gradient with one concatenation and one
-addition, instead of one addition per parameter. Modules whose parameters a stacked computation takes together (the URMs' layers
-of one depth, in ``URM.together``) lie side by side, so that each of their parameters is,
-for a step that runs them together, one (G, …) view: nothing is stacked per step.
+addition, instead of one addition per parameter. Modules whose parameters a stacked
+computation takes together (the URMs' layers of one depth, in ``URM.together``) lie side by
+side, so that each of their parameters is, for a step that runs them together, one (G, …)
+view: nothing is stacked per step.
 """
 
 from __future__ import annotations
