@@ -164,3 +164,13 @@ def test_dropout_drops_exactly_the_elements_whose_random_byte_is_below_its_thres
     draws = torch.randint(-2**63, 2**63 - 1, ((x.numel() + 7) // 8,), dtype=torch.int64)
     kept = draws.view(torch.uint8)[:x.numel()].view(x.shape) >= 26
     assert torch.equal(out, torch.where(kept, x * (256 / 230), torch.zeros(())))
+
+
+def test_a_model_scored_before_it_trains_can_train():
+    # what the model keeps between calls (the modality index) is made for both
+    model = _model()
+    features, lengths = _inputs()
+    with torch.inference_mode():
+        model(features, lengths)
+    model(features, lengths).prediction.sum().backward()
+    assert model.crm.modality_embedding.grad is not None

@@ -36,18 +36,19 @@ def jensen_shannon(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tens
 
 
 def multimodal_js(unimodal: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Eq. (8): L_M = Σ over pairs of present modalities of D_M, averaged over the batch.
+    """Eq. (8): L_M = Σ over pairs of present modalities of D_M, averaged over the batch:
+    x^U_m of (B, d) give one value; of (G, B, d), G models' own, one per model (G,).
 
     With one modality there is no pair and L_M is 0.
     """
     pairs = list(itertools.combinations(sorted(unimodal), 2))
     if not pairs:
         first = next(iter(unimodal.values()))
-        return first.new_zeros(())
+        return first.new_zeros(first.shape[:-2])
     # Every pair in one call (a third of the operations for three modalities).
-    firsts = torch.stack([unimodal[a] for a, _ in pairs])  # (P, B, d)
-    seconds = torch.stack([unimodal[b] for _, b in pairs])  # (P, B, d)
-    return jensen_shannon(firsts, seconds).mean(dim=1).sum()
+    firsts = torch.stack([unimodal[a] for a, _ in pairs])  # (P, …, B, d)
+    seconds = torch.stack([unimodal[b] for _, b in pairs])  # (P, …, B, d)
+    return jensen_shannon(firsts, seconds).mean(dim=-1).sum(dim=0)
 
 
 def task_loss(prediction: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:

@@ -82,12 +82,19 @@ _INT64 = torch.iinfo(torch.int64)
 
 def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The same parameter of G modules as one (G, …) tensor; a view when G is 1, or when
-    the G are the slices of one (``stacked_in``, as ``ucrn.flat`` lays stacks out)."""
-    whole = getattr(tensors[0], "stacked_in", None)
-    if whole is not None and len(whole) == len(tensors) and all(
-            getattr(t, "stacked_in", None) is whole and t.stacked_index == i
-            for i, t in enumerate(tensors)):
-        return whole
+    the G are the slices of one (``stacked_in``, as ``ucrn.flat`` lays stacks out), and one
+    concatenation when they are the slices of several in a row."""
+    wholes, at = [], 0
+    while at < len(tensors):
+        whole = getattr(tensors[at], "stacked_in", None)
+        if whole is None or at + len(whole) > len(tensors) or not all(
+                getattr(t, "stacked_in", None) is whole and t.stacked_index == i
+                for i, t in enumerate(tensors[at:at + len(whole)])):
+            break
+        wholes.append(whole)
+        at += len(whole)
+    if at == len(tensors):
+        return wholes[0] if len(wholes) == 1 else torch.cat(wholes)
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
@@ -295,8 +302,7 @@ class URM(nn.Module):
                       for rows in order.tensor_split(2)]
             restore = order.argsort()
             return [torch.cat(parts)[restore] for parts in zip(*halves, strict=True)]
-        hidden = torch.stack([urm.projection(urm.standardise(x[:, :steps]))
-                              for urm, x in zip(urms, inputs, strict=True)])  # eq. (2)
+        hidden = URM._projected(urms, [x[:, :steps] for x in inputs])  # eq. (2)  (G, B, T, d)
         last = (valid.clamp(1, steps) - 1).to(torch.long)  # (G, B) last valid step
         first = urms[0]
         if not first.layers:
@@ -310,6 +316,32 @@ class URM(nn.Module):
         pooled = RefinementLayer.together([urm.layers[-1] for urm in urms], hidden, mask,
                                           last.flatten())  # (G, B, 1, d)
         return list(pooled.squeeze(2).unbind(0))
+
+
+    @staticmethod
+    def _projected(urms: list[URM], inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Eq. (2) for each URM on its input: (G, B, T, d). URMs of one input size in a row
+        (one modality of several models) run as one stacked map."""
+        runs: list[list[int]] = []
+        for i, urm in enumerate(urms):
+            if runs and urms[runs[-1][0]].projection.weight.shape == urm.projection.weight.shape:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        parts = []
+        for run in runs:
+            group = [urms[i] for i in run]
+            if len(run) == 1:
+                parts.append(group[0].projection(group[0].standardise(inputs[run[0]]))[None])
+                continue
+            x = torch.stack([inputs[i] for i in run])  # (G, B, T, d_m)
+            mean = torch.stack([urm.standardise.mean for urm in group])[:, None, None]
+            scale = torch.stack([urm.standardise.scale for urm in group])[:, None, None]
+            groups, batch, steps, _ = x.shape
+            flat = ((x - mean) / scale).view(groups, batch * steps, -1)
+            parts.append(stacked_linear([urm.projection for urm in group], flat)
+                         .view(groups, batch, steps, -1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class SQIL(nn.Module):
@@ -327,6 +359,15 @@ class SQIL(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for gate in self.gates:
             x = x * torch.sigmoid(gate(x))  # (…, d)
+        return x
+
+    @staticmethod
+    def together(sqils: list[SQIL], x: torch.Tensor) -> torch.Tensor:
+        """G SQILs, each on its own slice of x: (G, N, d) → (G, N, d)."""
+        for depth in range(len(sqils[0].gates)):
+            gates = [sqil.gates[depth] for sqil in sqils]
+            hidden = F.relu(stacked_linear([gate[0] for gate in gates], x))
+            x = x * torch.sigmoid(stacked_linear([gate[2] for gate in gates], hidden))
         return x
 
 
@@ -354,6 +395,24 @@ class CRM(nn.Module):
             x = layer(x, None)
         first = torch.zeros(len(x), dtype=torch.long, device=x.device)
         return self.layers[-1](x, None, first).squeeze(1)  # the fusion token alone  (B, d)
+
+    @staticmethod
+    def together(crms: list[CRM], tokens: torch.Tensor, modality_index: torch.Tensor
+                 ) -> torch.Tensor:
+        """G CRMs, each on its own slice of tokens: (G, B, M, d) → x^C (G, B, d)."""
+        first = crms[0]
+        if not first.layers:
+            return tokens.mean(dim=2)
+        groups, batch = tokens.shape[:2]
+        embedding = stacked([crm.modality_embedding for crm in crms])[:, modality_index]
+        x = tokens + embedding[:, None]  # (G, B, M, d)
+        fusion = stacked([crm.fusion_token for crm in crms])[:, None, None]  # (G, 1, 1, d)
+        x = torch.cat([fusion.expand(groups, batch, 1, -1), x], dim=2)  # (G, B, 1 + M, d)
+        for depth in range(len(first.layers) - 1):
+            x = RefinementLayer.together([crm.layers[depth] for crm in crms], x, None)
+        pooled = torch.zeros(groups * batch, dtype=torch.long, device=x.device)
+        return RefinementLayer.together([crm.layers[-1] for crm in crms], x, None,
+                                        pooled).squeeze(2)  # the fusion tokens  (G, B, d)
 
 
 class UCRNOutput(NamedTuple):
@@ -459,13 +518,47 @@ class UCRN(nn.Module):
         return UCRNOutput(prediction, unimodal)
 
 
+    @staticmethod
+    def together(
+        models: list[UCRN], features: dict[str, torch.Tensor],
+        lengths: dict[str, torch.Tensor | None],
+    ) -> UCRNOutput:
+        """G models of one architecture, each on its own batch, as one stacked computation
+        (``ucrn.stack``): ``features`` (G, B, T, d_m) and ``lengths`` (G, B) per modality →
+        predictions (G, B) or (G, B, K) and x^U_m (G, B, d)."""
+        first = models[0]
+        present = [m for m in first.config.modalities if m in features]
+        count = len(models)
+        unimodal: dict[str, torch.Tensor] = {}
+        for group in first.urm_groups({m: features[m][0] for m in present}, present):
+            urms = [model.urms[m] for m in group for model in models]  # modality by modality
+            inputs = [x for m in group for x in features[m].unbind(0)]
+            steps = [n for m in group for n in (
+                [None] * count if lengths.get(m) is None else lengths[m].unbind(0))]
+            outputs = URM.together(urms, inputs, steps, static=first.static_shapes)
+            for i, modality in enumerate(group):
+                unimodal[modality] = torch.stack(outputs[i * count:(i + 1) * count])
+        tokens = torch.stack([unimodal[m] for m in present], dim=2)  # (G, B, M, d)
+        groups, batch, kinds, width = tokens.shape
+        tokens = SQIL.together([model.sqil for model in models],
+                               tokens.view(groups, batch * kinds, width)).view(tokens.shape)
+        fused = CRM.together([model.crm for model in models], tokens,
+                             first.modality_index(present, tokens.device))  # (G, B, d)
+        heads = [model.head for model in models]  # eq. (12): FC, ReLU, dropout, FC
+        hidden = first.head[2](F.relu(stacked_linear([head[0] for head in heads], fused)))
+        prediction = stacked_linear([head[3] for head in heads], hidden)  # (G, B, K)
+        if get_task(first.config.task).scalar_output:
+            prediction = prediction.squeeze(-1)  # (G, B)
+        return UCRNOutput(prediction, unimodal)
+
     def modality_index(self, present: list[str], device: torch.device) -> torch.Tensor:
         """The present modalities' positions in ``MODALITIES`` (M,), made once per device
         (a new one each step would copy from the host every step)."""
         key = (tuple(present), device)
         if key not in self._modality_index:
-            self._modality_index[key] = torch.tensor([MODALITIES.index(m) for m in present],
-                                                     device=device)
+            with torch.inference_mode(False):  # made while scoring, it serves training too
+                self._modality_index[key] = torch.tensor(
+                    [MODALITIES.index(m) for m in present], device=device)
         return self._modality_index[key]
 
 
