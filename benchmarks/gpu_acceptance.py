@@ -18,6 +18,8 @@ writes ``DIR/gpu_acceptance.json`` with:
   step eager: ms per step, speed-up, kernels per step and the GPU's busy share, the graphs
   captured (batch sizes) or a failed capture, and one epoch of each from one seed with
   dropout 0 (their largest difference in any loss or validation metric);
+- ``stacked``: K = 1, 4, 16, 64 models as one stacked computation (``ucrn.stack``), the
+  static step eager: model-steps/s, speed-up over K = 1 (goal ≥ 10× at 16), MiB per model;
 - ``footprint``: one MOSEI-size run's peak GPU memory against ``ucrn.footprint``'s estimate;
 - ``packing``: k = 1, 2, 4, 8 processes, each training one fixed configuration on
   MOSEI-size data for ``--seconds``: total steps/s, speed-up over k = 1, MiB per process;
@@ -60,6 +62,7 @@ from ucrn.step_count import ALIGNED, UNALIGNED, random_dataset, train_steps
 MOSEI = {"l": (50, 300), "a": (50, 74), "v": (50, 35)}
 MOSI_COUNTS, MOSEI_COUNTS = (1284, 229, 686), (16326, 1871, 4659)
 PACKING = (1, 2, 4, 8)
+STACKS = (1, 4, 16, 64)  # models trained as one stacked computation
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -193,6 +196,40 @@ def profiled(training: _Training, device: torch.device, count: int) -> dict:
             "gpu_busy_percent": round(100 * busy / wall, 1)}
 
 
+def stacked(dataset: Dataset, device: torch.device, count: int, levels: tuple[int, ...]
+            ) -> dict:
+    """K models as one stacked computation (``ucrn.stack``), the static step eager:
+    model-steps/s at each K, speed-up over K = 1 (goal: ≥ 10× at 16), peak MiB per model."""
+    from ucrn.stack import ModelStack
+
+    rows = []
+    for k in levels:
+        if k == 1:
+            training = training_for(dataset, device, static_shapes="true", cuda_graph=False)
+            step = lambda steps, t=training: train_steps(t, steps)  # noqa: E731
+        else:
+            configs = [base_config(static_shapes="true", seed=seed) for seed in range(k)]
+            stack = ModelStack(configs, dataset, device)
+            step = lambda steps, s=stack: step_count.stack_steps(s, steps)  # noqa: E731
+        step(3)  # warm-up: kernels chosen, memory pooled
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        step(count)
+        synchronize(device)
+        row = {"k": k, "model_steps_per_s": round(k * count / (time.perf_counter() - started),
+                                                   1)}
+        if device.type == "cuda":
+            row["peak_mib_per_model"] = round(
+                torch.cuda.max_memory_allocated(device) / 2**20 / k, 1)
+        rows.append(row)
+    for row in rows:
+        row["speedup_over_k1"] = round(row["model_steps_per_s"] / rows[0]["model_steps_per_s"],
+                                       2)
+    return {"levels": rows}
+
+
 def footprint(dataset: Dataset, device: torch.device) -> dict:
     """A MOSEI-size run's peak memory on its device against the estimate."""
     config = prepare_config(base_config(), dataset)
@@ -317,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
         device, scale, count, seconds = torch.device("cpu"), 0.05, 3, 1.0
-        levels, mosei_counts = (1, 2), (256, 32, 32)
+        levels, mosei_counts, stack_levels = (1, 2), (256, 32, 32), (1, 2, 4)
         MODEL.update(urm_layers=1, crm_layers=1)
         torch.set_num_threads(2)
     else:
@@ -325,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit("gpu_acceptance: torch sees no GPU here (use --dry-run to check the "
                      "script on a CPU)")
         device, scale, count, seconds = torch.device("cuda:0"), 0.25, 50, args.seconds
-        levels, mosei_counts = PACKING, MOSEI_COUNTS
+        levels, mosei_counts, stack_levels = PACKING, MOSEI_COUNTS, STACKS
     started = time.perf_counter()
     results: dict = {"dry_run": args.dry_run}
     part(results, "environment", lambda: environment(device))
@@ -342,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             part(results, f"step_{name}_dynamic",
                  lambda shapes=shapes: step_figures(shapes, device, count, "false"))
         part(results, "graphed", lambda: graphed(aligned, device, count))
+        part(results, "stacked", lambda: stacked(aligned, device, count, stack_levels))
         part(results, "footprint", lambda: footprint(
             random_dataset(MOSEI, mosei_counts, lengths=False), device))
         part(results, "packing", lambda: packing(seconds, levels, mosei_counts, device))

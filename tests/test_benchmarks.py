@@ -128,3 +128,16 @@ def test_the_step_ops_benchmark_counts_both_paths_and_the_static_one_never_syncs
             assert figures["ops"] > 0 and figures["ms"] > 0
     assert report["static"]["aligned"]["syncs"] == report["static"]["unaligned"]["syncs"] == 0
     assert report["dynamic"]["unaligned"]["syncs"] > 0
+
+
+def test_the_stacked_models_benchmark_reports_ops_speed_memory_and_exactness():
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "stacked_models.py"), "--quick", "--json",
+         "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = json.loads(finished.stdout.strip().splitlines()[-1])
+    ops = report["ops_per_model_step"]
+    assert set(ops) == {"1", "4", "10"}
+    assert ops["10"] <= ops["1"] / 8  # ten models dispatch about what one does
+    assert report["cpu_speedup_k10"] > 0 and set(report["peak_mib_per_model"]) == {"1", "10"}
+    assert report["max_relative_deviation"] <= 1e-4

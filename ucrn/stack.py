@@ -206,14 +206,38 @@ class ModelStack:
         """Train every model in the stack one epoch, each on its own batch order; score
         each on valid, keep its best weights; drop the models that are done."""
         self.epoch += 1
-        started = time.perf_counter()
         count, split = len(self.active), self.train.split
         orders = torch.stack([epoch_order(len(split), shuffle=True, generator=m.batch_order)
-                              for m in self.active]).to(self.device)  # (K, N)
+                              for m in self.active])  # (K, N)
+        totals, batches = self.train_batches(orders)
+        losses = (totals / max(batches, 1)).T.tolist()  # per model: L, L_C, L_M
+        staying = []
+        for member, (total, task, regulariser) in zip(self.active, losses, strict=True):
+            member.seconds = time.perf_counter() - self.started
+            if not math.isfinite(total):
+                member.error = UcrnError(
+                    f"training diverged at epoch {self.epoch} (loss {total}); lower "
+                    f"learning_rate (now {member.config.train.learning_rate:g}) or set "
+                    "grad_clip")
+                continue
+            self._record(member, total, task, regulariser)
+            if self._goes_on(member):
+                staying.append(member)
+        if not staying:
+            self.active = []
+        elif len(staying) < count:  # the finished models leave: less work for the rest
+            keep = torch.tensor([m in staying for m in self.active], device=self.device)
+            self._restack(staying, keep)
+
+    def train_batches(self, orders: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Train the models in the stack on their batches of ``orders`` (K, N), in turn:
+        their summed L, L_C and L_M (3, K) and the number of batches."""
+        count, split = len(self.active), self.train.split
+        orders = orders.to(self.device)
         lambda_m = self._lambda_m()
         totals = torch.zeros(3, count, device=self.device)
-        for model in (m.model for m in self.active):
-            model.train()
+        for member in self.active:
+            member.model.train()
         batches = 0
         for start in range(0, orders.shape[1], self.batch_size):
             index = orders[:, start:start + self.batch_size]  # (K, b)
@@ -227,28 +251,10 @@ class ModelStack:
                        for m, n in split.lengths.items()}
             self._step(features, lengths, gather(self.train.targets), lambda_m, totals)
             batches += 1
-        losses = (totals / max(batches, 1)).T.tolist()  # per model: L, L_C, L_M
-        train_seconds = time.perf_counter() - started
-        staying = []
-        for member, (total, task, regulariser) in zip(self.active, losses, strict=True):
-            member.seconds = time.perf_counter() - self.started
-            if not math.isfinite(total):
-                member.error = UcrnError(
-                    f"training diverged at epoch {self.epoch} (loss {total}); lower "
-                    f"learning_rate (now {member.config.train.learning_rate:g}) or set "
-                    "grad_clip")
-                continue
-            self._record(member, total, task, regulariser, train_seconds / count)
-            if self._goes_on(member):
-                staying.append(member)
-        if not staying:
-            self.active = []
-        elif len(staying) < count:  # the finished models leave: less work for the rest
-            keep = torch.tensor([m in staying for m in self.active], device=self.device)
-            self._restack(staying, keep)
+        return totals, batches
 
-    def _record(self, member: _Member, total: float, task: float, regulariser: float,
-                seconds: float) -> None:
+    def _record(self, member: _Member, total: float, task: float, regulariser: float
+                ) -> None:
         """Score ``member`` on valid after this epoch, as ``fit`` does."""
         valid = _score(member.model, self.valid, member.config)
         if self.valid_masked:

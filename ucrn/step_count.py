@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ucrn.config import Config
 from ucrn.data.layout import Dataset, Split
 from ucrn.engine import _train_epoch, _Training, prepare_config
+from ucrn.stack import ModelStack
 
 ALIGNED = {"l": (50, 300), "a": (50, 5), "v": (50, 20)}  # MOSI: steps, features
 UNALIGNED = {"l": (50, 300), "a": (375, 5), "v": (500, 20)}
@@ -106,6 +107,14 @@ def train_steps(training: _Training, count: int, epoch: int = 1) -> None:
     order = torch.randperm(len(training.train.split))[:count * batch]
     _train_epoch(training.wrapped, training.parameters, training.optimizer, training.train,
                  order, training.config, training.batch_order, epoch, training.graphs)
+
+
+def stack_steps(stack: ModelStack, count: int) -> None:
+    """``count`` training steps of every model in ``stack``, each on its own batches."""
+    batch = stack.batch_size
+    orders = torch.stack([torch.randperm(len(stack.train.split))[:count * batch]
+                          for _ in stack.active])
+    stack.train_batches(orders)
 
 
 def count_step(training: _Training, count: int = 2) -> dict[str, float]:
