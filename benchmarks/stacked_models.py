@@ -24,7 +24,6 @@ per second stacked over apart, on the device measured), ``peak_mib_per_model`` a
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -43,6 +42,7 @@ from ucrn.step_count import (
     count_step,
     random_dataset,
     stack_steps,
+    step_benchmark_arguments,
     train_steps,
     training_for,
 )
@@ -170,10 +170,7 @@ def max_relative_deviation(device: torch.device) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="a small model, few steps")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser = step_benchmark_arguments(__doc__.splitlines()[0], "a small model, few steps")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(2)

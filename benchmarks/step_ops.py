@@ -14,7 +14,6 @@ small model and few samples (for CI); ``--json`` prints one object
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -28,6 +27,7 @@ from ucrn.step_count import (
     UNALIGNED,
     count_step,
     random_dataset,
+    step_benchmark_arguments,
     train_steps,
     training_for,
 )
@@ -56,10 +56,7 @@ def measure(shapes: dict, static_shapes: str, device: torch.device, quick: bool)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="a small model, few samples")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser = step_benchmark_arguments(__doc__.splitlines()[0], "a small model, few samples")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     report = {path: {name: measure(shapes, setting, device, args.quick)

@@ -115,12 +115,17 @@ def test_the_search_value_benchmark_compares_the_pick_with_the_defaults_over_see
     assert set(report["seconds"]) == {"search", *names}
 
 
-def test_the_step_ops_benchmark_counts_both_paths_and_the_static_one_never_syncs():
+def _step_benchmark(name: str) -> dict:
+    """The JSON object a step benchmark prints with --quick --json on the CPU."""
     finished = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "step_ops.py"), "--quick", "--json",
+        [sys.executable, str(ROOT / "benchmarks" / name), "--quick", "--json",
          "--device", "cpu"], capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    report = json.loads(finished.stdout.strip().splitlines()[-1])
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def test_the_step_ops_benchmark_counts_both_paths_and_the_static_one_never_syncs():
+    report = _step_benchmark("step_ops.py")
     assert set(report) == {"dynamic", "static"}
     for path in report.values():
         assert set(path) == {"aligned", "unaligned"}
@@ -131,11 +136,7 @@ def test_the_step_ops_benchmark_counts_both_paths_and_the_static_one_never_syncs
 
 
 def test_the_stacked_models_benchmark_reports_ops_speed_memory_and_exactness():
-    finished = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "stacked_models.py"), "--quick", "--json",
-         "--device", "cpu"], capture_output=True, text=True, timeout=600)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    report = json.loads(finished.stdout.strip().splitlines()[-1])
+    report = _step_benchmark("stacked_models.py")
     ops = report["ops_per_model_step"]
     assert set(ops) == {"1", "4", "10"}
     assert ops["10"] <= ops["1"] / 8  # ten models dispatch about what one does

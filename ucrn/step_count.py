@@ -8,6 +8,7 @@ tests hold the static step (``static_shapes``) to zero syncs with them.
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter
 
 import torch
@@ -131,3 +132,13 @@ def count_step(training: _Training, count: int = 2) -> dict[str, float]:
     return {"ops": (long.total - short.total) / count,
             "kernel_ops": (long.kernel_ops - short.kernel_ops) / count,
             "syncs": (long.syncs - short.syncs) / count}
+
+
+def step_benchmark_arguments(description: str, quick: str) -> argparse.ArgumentParser:
+    """The options of the step benchmarks (``benchmarks/``): ``--device``, ``--quick`` (what
+    it makes smaller) and ``--json``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
