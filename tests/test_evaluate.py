@@ -156,6 +156,47 @@ def test_evaluation_end_to_end_tables_agree_with_the_per_seed_files(ray_session,
     assert "for the 1 run this invocation made" in (out / "REPORT.md").read_text()
 
 
+@pytest.mark.slow
+def test_an_evaluation_of_stacked_seeds_writes_what_one_of_runs_apart_writes(ray_session,
+                                                                            tiny_mosi,
+                                                                            tmp_path):
+    # dropout 0: a stack then trains each seed as its run apart does (float noise aside)
+    given = ["--data", str(tiny_mosi), "--seeds", "3", "--ablations", "no_crm", *FAST,
+             "--set", "dropout=0"]
+    apart, stacked = tmp_path / "apart", tmp_path / "stacked"
+    assert _evaluate(*given, "--out", str(apart)) == 0
+    assert _evaluate(*given, "--stack-seeds", "2", "--out", str(stacked)) == 0
+    files = {folder: sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                            if p.is_file() and "ray" not in p.parts) for folder in (apart,
+                                                                                   stacked)}
+    assert files[apart] == files[stacked] and "runs/no_crm-seed2.json" in files[stacked]
+    for name in files[apart]:
+        if name.startswith("runs/"):
+            mine, theirs = (json.loads((folder / name).read_text()) for folder in (stacked,
+                                                                                 apart))
+            assert mine.keys() == theirs.keys()
+            for metric, value in theirs["test"].items():
+                assert mine["test"][metric] == pytest.approx(value, rel=1e-3, abs=1e-3), (
+                    name, metric)
+    for table in ("main.csv", "ablation.csv", "missing_modality.csv"):
+        mine, theirs = (pd.read_csv(folder / table) for folder in (stacked, apart))
+        assert list(mine.columns) == list(theirs.columns) and len(mine) == len(theirs)
+    # an interrupted stack trains again whole; finished runs stay
+    (stacked / "runs" / "full-seed1.json").unlink()
+    assert _evaluate(*given, "--stack-seeds", "2", "--out", str(stacked)) == 0
+    assert (stacked / "runs" / "full-seed1.json").exists()
+
+
+def test_pending_runs_stack_by_variant_in_the_order_they_come():
+    from tuning.evaluate import stacked_runs
+
+    pending = [("full", 0), ("no_crm", 0), ("full", 1), ("no_crm", 1), ("full", 2)]
+    assert stacked_runs(pending, 2) == [{"variant": "full", "seeds": [0, 1]},
+                                        {"variant": "no_crm", "seeds": [0, 1]},
+                                        {"variant": "full", "seeds": [2]}]
+    assert len(stacked_runs(pending, 1)) == 5
+
+
 def test_the_driver_writes_the_scores_its_trial_reported_and_scores_nothing_itself(tmp_path):
     from types import SimpleNamespace
 
@@ -165,15 +206,23 @@ def test_the_driver_writes_the_scores_its_trial_reported_and_scores_nothing_itse
               "test": {"MAE": 1.0}, "conditions": {"full": {"MAE": 1.0}}, "config": {}}
     plan = SimpleNamespace(out=tmp_path)  # no data: the driver could not score if it tried
     recorder = RecordRuns(plan)
-    trial = SimpleNamespace(config={"run": {"variant": "full", "seed": 4}},
+    trial = SimpleNamespace(config={"run": {"variant": "full", "seeds": [4]}},
                             last_result={"done": True, "run_record": json.dumps(scored)})
     recorder.on_trial_complete(0, [], trial)
     written = json.loads((tmp_path / "runs" / "full-seed4.json").read_text())
     assert written == {"variant": "full", "seed": 4, **scored}
-    unscored = SimpleNamespace(config={"run": {"variant": "full", "seed": 5}},
+    unscored = SimpleNamespace(config={"run": {"variant": "full", "seeds": [5]}},
                                last_result={"done": True})
     recorder.on_trial_complete(0, [], unscored)
     assert recorder.failed == ["full-seed5: its trial reported no scores"]
+    # a trial of stacked seeds reports one record per seed, or what stopped that seed
+    stacked = SimpleNamespace(
+        config={"run": {"variant": "no_crm", "seeds": [6, 7]}},
+        last_result={"done": True, "run_records": json.dumps([
+            json.dumps(scored), json.dumps({"error": "training diverged at epoch 2"})])})
+    recorder.on_trial_complete(0, [], stacked)
+    assert (tmp_path / "runs" / "no_crm-seed6.json").exists()
+    assert recorder.failed[-1] == "no_crm-seed7: training diverged at epoch 2"
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ last checkpoint. Then ``OUT`` receives the tables (CSV), figures (PNG) and ``REP
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modalities", help="e.g. l,a (default: the config's, else all the "
                         "data has)")
     parser.add_argument("--seeds", type=int, default=10, help="runs per variant (default 10)")
+    parser.add_argument("--stack-seeds", type=int, metavar="K",
+                        help="train up to K seeds of a variant as one stacked computation in "
+                        "one trial (default: all of them on a GPU, 1 on a CPU, where a stack "
+                        "measured no faster than its runs one after another)")
     parser.add_argument("--ablations", default=",".join(ABLATIONS),
                         help=f"comma list of {', '.join(ABLATIONS)}, or none (default: all)")
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
@@ -143,6 +148,8 @@ def plan_evaluation(argv: Sequence[str] | None = None) -> EvaluationPlan:
     args = build_parser().parse_args(argv)
     if args.seeds < 1:
         raise UcrnError(f"--seeds {args.seeds}: give at least 1")
+    if args.stack_seeds is not None and args.stack_seeds < 1:
+        raise UcrnError(f"--stack-seeds {args.stack_seeds}: give at least 1")
     check_cluster_arguments(args)
     if not 0.0 <= args.noise <= 1.0:
         raise UcrnError(f"--noise {args.noise}: a probability in [0, 1]")
@@ -217,21 +224,41 @@ class RecordRuns(Callback):
         return {"plan": None, "failed": self.failed}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        variant, seed = trial.config["run"]["variant"], trial.config["run"]["seed"]
+        variant, seeds = trial.config["run"]["variant"], trial.config["run"]["seeds"]
         if not trial.last_result.get("done"):
             return  # stopped before its last epoch (the run stalled, or Ctrl-C): still pending
-        try:
-            scored = trial.last_result.get("run_record")
-            if not scored:
-                raise RuntimeError("its trial reported no scores")
-            record_run(self.plan, variant, seed, json.loads(scored))
-            console.print(f"  finished {run_key(variant, seed)}")
-        except Exception as error:  # noqa: BLE001 - noted; the other runs go on
-            self.failed.append(f"{run_key(variant, seed)}: {error}")
+        stacked = trial.last_result.get("run_records")  # a trial of several seeds
+        records = json.loads(stacked) if stacked else [trial.last_result.get("run_record")]
+        for seed, scored in itertools.zip_longest(seeds, records[:len(seeds)]):
+            try:
+                if not scored:
+                    raise RuntimeError("its trial reported no scores")
+                record = json.loads(scored)
+                if "error" in record:  # its model alone stopped, in a stack
+                    raise RuntimeError(record["error"])
+                record_run(self.plan, variant, seed, record)
+                console.print(f"  finished {run_key(variant, seed)}")
+            except Exception as error:  # noqa: BLE001 - noted; the other runs go on
+                self.failed.append(f"{run_key(variant, seed)}: {error}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run = trial.config["run"]
-        self.failed.append(f"{run_key(run['variant'], run['seed'])}: training failed")
+        self.failed.extend(f"{run_key(run['variant'], seed)}: training failed"
+                           for seed in run["seeds"])
+
+
+def stacked_runs(pending: list[tuple[str, int]], stack: int) -> list[dict[str, Any]]:
+    """The pending (variant, seed) runs as trials: each of up to ``stack`` seeds of one
+    variant (one architecture), in the order the runs come."""
+    trials: list[dict[str, Any]] = []
+    for variant, seed in pending:
+        open_trial = next((t for t in trials if t["variant"] == variant
+                           and len(t["seeds"]) < stack), None)
+        if open_trial is None:
+            trials.append({"variant": variant, "seeds": [seed]})
+        else:
+            open_trial["seeds"].append(seed)
+    return trials
 
 
 def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
@@ -243,6 +270,14 @@ def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
                   "worker")
     if note := sharing_note(session):
         console.print(note)
+    stack = plan.args.stack_seeds or (len(plan.seeds) if resources.gpus_per_worker else 1)
+    if stack > 1 and resources.workers > 1:
+        raise UcrnError("--stack-seeds trains seeds side by side in one process: it does not "
+                        "take --workers-per-trial; give --stack-seeds 1")
+    trials = stacked_runs(pending, stack)
+    if stack > 1:
+        console.print(f"{len(pending)} runs as {len(trials)} trials of up to {stack} seeds, "
+                      "each trial one stacked computation")
     base, noise = plan.base, plan.args.noise  # the trainable must not capture the plan's data
     trainable = make_trainable(
         base, ray.put(plan.dataset), resources, str(plan.out / "ray" / "train"),
@@ -250,9 +285,11 @@ def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
         run_name_of=lambda trial, _: run_key(trial["run"]["variant"], trial["run"]["seed"]),
         final_scoring_of=lambda trial: final_scoring(trial["run"]["variant"],
                                                      trial["run"]["seed"], noise),
+        stack_of=lambda trial: [{"run": {"variant": trial["run"]["variant"], "seed": seed}}
+                                for seed in trial["run"]["seeds"]],
     )
     recorder = RecordRuns(plan)
-    run_grid(trainable, "run", [{"variant": variant, "seed": seed} for variant, seed in pending],
+    run_grid(trainable, "run", trials,
              name=time.strftime("evaluate-%Y%m%d-%H%M%S"), storage=str(plan.out / "ray"),
              concurrent=resources.concurrent, args=plan.args, callbacks=[recorder, *waits],
              how_to_continue="rerun the same command to continue")

@@ -27,7 +27,7 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 from tuning.capacity import Capacity, NodeWait, WaitForNodes, cluster_capacity
 from tuning.progress import Interruption, ProgressWatch, TrialUserErrors, check_ran_to_end
 from tuning.rendezvous import LoopbackTorchConfig
-from tuning.workers import read_checkpoint, train_in_trial, train_worker
+from tuning.workers import read_checkpoint, train_in_trial, train_stack_in_trial, train_worker
 from ucrn.config import Config, apply_overrides
 from ucrn.errors import UcrnError
 from ucrn.footprint import gib, packing_problem, training_device_bytes
@@ -120,6 +120,7 @@ def make_trainable(
     overrides_of: Callable[[dict[str, Any]], dict[str, Any]],
     run_name_of: Callable[[dict[str, Any], str], str] = lambda config, trial: f"train-{trial}",
     final_scoring_of: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda config: None,
+    stack_of: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
 ) -> Callable:
     """The Tune function trainable: trial config → ``ucrn`` overrides → one Train run.
 
@@ -127,10 +128,21 @@ def make_trainable(
     the same name (and storage) continues from its last checkpoint.
     ``final_scoring_of(trial_config)``: how the trial scores its selected model on test at
     its end (``ucrn.robustness.scored_run``'s options), or None.
+    ``stack_of(trial_config)``: the runs of a trial that trains several as one stacked
+    computation (each a trial config of one run), or one for a plain trial.
     """
     data_refs = [data_ref]  # in a list: Ray then passes the reference, not the data
 
     def run_trial(trial_config: dict[str, Any]) -> None:
+        runs = stack_of(trial_config) if stack_of is not None else [trial_config]
+        if len(runs) > 1:
+            train_stack_in_trial({
+                "configs": [apply_overrides(base, overrides_of(run)).to_dict() for run in runs],
+                "final_scorings": [final_scoring_of(run) for run in runs], "data": data_refs,
+                "threads": resources.threads, "use_gpu": resources.gpus_per_worker > 0,
+                "gpu_share": resources.gpus_per_worker})
+            return
+        trial_config = runs[0]
         config = apply_overrides(base, overrides_of(trial_config))
         use_gpu = resources.gpus_per_worker > 0
         loop_config = {"config": config.to_dict(), "data": data_refs,

@@ -4,7 +4,9 @@ A single-worker trial trains in the Tune trial's own process (``train_in_trial``
 data-parallel trial runs a Ray Train worker group (``train_worker``): every worker trains
 on its shard of each epoch's batches (DDP: gloo on CPU, nccl on GPU), scores the whole
 validation split and reports each epoch. Either way rank 0 attaches the resumable
-checkpoint, and a restarted trial continues from the last one.
+checkpoint, and a restarted trial continues from the last one. A trial of several runs of
+one architecture (the evaluator's ``--stack-seeds``) trains them as one stacked computation
+in its own process (``train_stack_in_trial``, ``ucrn.stack``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import torch
 
 from ucrn.config import config_from_dict
 from ucrn.engine import EpochResult, fit
+from ucrn.errors import UcrnError
 from ucrn.footprint import training_device_bytes
 from ucrn.gpu import check_fits_gpu, check_gpu_usable
 from ucrn.model import UCRN, count_parameters
 from ucrn.robustness import scored_run
+from ucrn.stack import ModelStack, fit_stack
 from ucrn.state import TrainingState
 
 CHECKPOINT_FILE = "state.pt"
@@ -142,3 +146,31 @@ def run_loop(
     if scoring is not None and last is not None:
         record = scored_run(result, dataset, device=device, **scoring) if rank == 0 else None
         reporting.report({**last, "run_record": json.dumps(record) if record else ""})
+
+
+def train_stack_in_trial(loop_config: dict[str, Any]) -> None:
+    """A trial that trains several runs of one architecture as one stacked computation
+    (``ucrn.stack``) in its own process, reporting every epoch; at its end each run's
+    selected model is scored as ``run_loop`` scores one (``final_scorings``, in order) and
+    the records are reported as ``run_records`` (a JSON list; ``{"error": …}`` for a run
+    whose loss turned non-finite). It keeps no checkpoint: an interrupted stack trains
+    again whole."""
+    torch.set_num_threads(loop_config["threads"])
+    dataset = ray.get(loop_config["data"][0])
+    configs = [config_from_dict(config) for config in loop_config["configs"]]
+    device = torch.device("cuda" if loop_config["use_gpu"] else "cpu")
+    node_id = ray.get_runtime_context().get_node_id()
+    check_device(loop_config, configs[0], dataset, device,
+                 f"node {ray.util.get_node_ip_address()} (id {node_id})")
+
+    def on_epoch(stack: ModelStack) -> None:
+        ray.tune.report({"epoch": stack.epoch, "models_training": len(stack.active),
+                         "node_id": node_id})
+
+    results = fit_stack(configs, dataset, device=device, score_test=False, on_epoch=on_epoch)
+    records = [json.dumps(scored_run(result, dataset, device=device, **scoring)
+                          if not isinstance(result, UcrnError) else {"error": str(result)})
+               for result, scoring in zip(results, loop_config["final_scorings"], strict=True)]
+    epochs = max((r.epochs_run for r in results if not isinstance(r, UcrnError)), default=0)
+    ray.tune.report({"epoch": epochs, "models_training": 0, "node_id": node_id,
+                     "run_records": json.dumps(records)})

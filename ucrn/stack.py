@@ -71,18 +71,18 @@ class _Member:
 
 def fit_stack(
     configs: Sequence[Config], dataset: Dataset, *, device: str | torch.device | None = None,
-    score_test: bool = True, say: Callable[[str], None] | None = None,
+    score_test: bool = True, on_epoch: Callable[[ModelStack], None] | None = None,
 ) -> list[FitResult | UcrnError]:
     """Train one model per config as one stacked computation; for each, in order, what
     ``ucrn.engine.fit`` would give for it alone, or the error that stopped it (a loss that
-    turned non-finite). ``say`` hears one line per epoch."""
+    turned non-finite). ``on_epoch(stack)`` is called after every epoch."""
     if len(configs) == 1:
         return [fit(configs[0], dataset, device=device, score_test=score_test)]
     stack = ModelStack(configs, dataset, resolve_device(device))
     while stack.active:
         stack.run_epoch()
-        if say is not None:
-            say(stack.progress())
+        if on_epoch is not None:
+            on_epoch(stack)
     return stack.results(dataset, score_test)
 
 
