@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -605,3 +606,42 @@ def test_a_space_value_of_the_wrong_type_is_one_line(capsys, tiny_mosi, tmp_path
     line = fails_before_ray(capsys, main, "search", "--data", str(tiny_mosi),
                             "--space", str(path), "--storage", str(tmp_path))
     assert message in line
+
+
+@pytest.mark.slow
+def test_a_finalists_reruns_train_as_one_stack_where_stacks_pay(ray_session, tiny_mosi,
+                                                                tmp_path, monkeypatch):
+    import tuning.finalists
+
+    monkeypatch.setattr(tuning.finalists, "stacks_reruns", lambda resources: True)  # a GPU's
+    assert _search("--data", str(tiny_mosi), *TINY_SEARCH[:-2], "--finalists", "2",
+                   "--finalist-seeds", "3", "--storage", str(tmp_path), "--name", "exp") == 0
+    experiment = tmp_path / "exp"
+    reruns = [json.loads(p.read_text()) for p in (experiment / "finalists").glob("*.json")]
+    assert len(reruns) == 4 and all(math.isfinite(r["value"]) for r in reruns)
+    trials = pd.read_csv(experiment / "trials.csv")
+    assert set(trials["seeds"]) == {3}
+    for _, row in trials.iterrows():  # each trial's own seed and its two reruns
+        values = [row["valid_MAE"]] + [r["value"] for r in reruns
+                                       if r["trial"][:8] == row["trial"]]
+        assert row["valid_MAE mean"] == pytest.approx(sum(values) / 3)
+
+
+def test_stacked_reruns_are_written_one_file_a_seed(tmp_path):
+    from types import SimpleNamespace
+
+    from tuning.finalists import BestOfRun, stacked_reruns
+
+    pending = [{"trial": t, "seed": s, "params": {}, "epochs": 2}
+               for t in ("aaaaaaaa1", "bbbbbbbb2") for s in (1000, 2000)]
+    trials = stacked_reruns(pending, 2)
+    assert [t["seeds"] for t in trials] == [[1000, 2000], [1000, 2000]]
+    assert len(stacked_reruns(pending, 1)) == 4
+    keeper = BestOfRun(tmp_path, "valid_MAE")
+    records = [json.dumps({"valid": {"MAE": 0.9}, "best_epoch": 2, "epochs": 2}),
+               json.dumps({"error": "training diverged at epoch 1"})]
+    keeper.on_trial_complete(0, [], SimpleNamespace(
+        trial_id="t", config={"rerun": trials[0]},
+        last_result={"done": True, "run_records": json.dumps(records)}))
+    assert json.loads((tmp_path / "aaaaaaaa-seed1000.json").read_text())["value"] == 0.9
+    assert not (tmp_path / "aaaaaaaa-seed2000.json").exists()  # still to do

@@ -71,7 +71,9 @@ def rescore(plan, resources, finalists: list[tuple[str, dict[str, Any], float, i
 
 
 def _train(plan, resources, pending: list[dict], folder: Path) -> None:
-    """The reruns as one Tune experiment (no early stopping: each runs the trial's budget)."""
+    """The reruns as one Tune experiment (no early stopping: each runs the trial's budget);
+    on a GPU a finalist's reruns train side by side as one stacked computation
+    (``ucrn.stack``: one architecture, their own seeds)."""
     base, metric = plan.base, plan.metric
     trainable = make_trainable(
         base, ray.put(plan.dataset), resources, str(folder / "ray" / "train"),
@@ -80,10 +82,33 @@ def _train(plan, resources, pending: list[dict], folder: Path) -> None:
                                     "epochs": trial["rerun"]["epochs"],
                                     "patience": trial["rerun"]["epochs"]},
         run_name_of=lambda trial, _: _key(trial["rerun"]["trial"], trial["rerun"]["seed"]),
+        stack_of=lambda trial: [{"rerun": {**trial["rerun"], "seed": seed}}
+                                for seed in trial["rerun"]["seeds"]],
     )
+    pending = stacked_reruns(pending, len(pending) if stacks_reruns(resources) else 1)
     run_grid(trainable, "rerun", pending, name="reruns", storage=str(folder / "ray"),
              concurrent=resources.concurrent, args=plan.args,
              callbacks=[BestOfRun(folder, metric)], how_to_continue="continue with --resume")
+
+
+def stacks_reruns(resources) -> bool:
+    """Whether a finalist's reruns train as one stack: on a GPU, one worker per trial (on a
+    CPU a stack is hardly faster than its runs, which run side by side there)."""
+    return resources.gpus_per_worker > 0 and resources.workers == 1
+
+
+def stacked_reruns(pending: list[dict], stack: int) -> list[dict]:
+    """The pending reruns as trials of up to ``stack`` seeds of one finalist each."""
+    trials: list[dict] = []
+    for rerun in pending:
+        same = next((t for t in trials if t["trial"] == rerun["trial"]
+                     and len(t["seeds"]) < stack), None)
+        if same is None:
+            trials.append({**{k: v for k, v in rerun.items() if k != "seed"},
+                           "seeds": [rerun["seed"]]})
+        else:
+            same["seeds"].append(rerun["seed"])
+    return trials
 
 
 class BestOfRun(Callback):
@@ -101,13 +126,22 @@ class BestOfRun(Callback):
             self.best[trial.trial_id] = (float(value), int(result.get("epoch", 0)))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if not trial.last_result.get("done") or trial.trial_id not in self.best:
+        if not trial.last_result.get("done"):
             return  # stopped before its end (Ctrl-C, a stall): still to do
         rerun = trial.config["rerun"]
-        value, epoch = self.best[trial.trial_id]
-        record = {"trial": rerun["trial"], "seed": rerun["seed"], "value": value,
-                  "best_epoch": epoch}
-        atomic_write(self.folder / f"{_key(rerun['trial'], rerun['seed'])}.json",
+        if stacked := trial.last_result.get("run_records"):  # several seeds, one stack
+            for seed, text in zip(rerun["seeds"], json.loads(stacked), strict=True):
+                record = json.loads(text)
+                if "valid" in record:  # not stopped by a non-finite loss
+                    name = self.metric.removeprefix("valid_")
+                    self._write(rerun["trial"], seed, record["valid"][name],
+                                record["best_epoch"])
+        elif trial.trial_id in self.best:
+            self._write(rerun["trial"], rerun["seeds"][0], *self.best[trial.trial_id])
+
+    def _write(self, trial: str, seed: int, value: float, epoch: int) -> None:
+        record = {"trial": trial, "seed": seed, "value": value, "best_epoch": epoch}
+        atomic_write(self.folder / f"{_key(trial, seed)}.json",
                      lambda path: Path(path).write_text(json.dumps(record) + "\n"))
 
 

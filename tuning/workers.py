@@ -151,10 +151,10 @@ def run_loop(
 def train_stack_in_trial(loop_config: dict[str, Any]) -> None:
     """A trial that trains several runs of one architecture as one stacked computation
     (``ucrn.stack``) in its own process, reporting every epoch; at its end each run's
-    selected model is scored as ``run_loop`` scores one (``final_scorings``, in order) and
-    the records are reported as ``run_records`` (a JSON list; ``{"error": …}`` for a run
-    whose loss turned non-finite). It keeps no checkpoint: an interrupted stack trains
-    again whole."""
+    selected model is scored as ``run_loop`` scores one (``final_scorings``, in order; None:
+    its validation scores alone) and the records are reported as ``run_records`` (a JSON
+    list; ``{"error": …}`` for a run whose loss turned non-finite). It keeps no
+    checkpoint: an interrupted stack trains again whole."""
     torch.set_num_threads(loop_config["threads"])
     dataset = ray.get(loop_config["data"][0])
     configs = [config_from_dict(config) for config in loop_config["configs"]]
@@ -168,9 +168,18 @@ def train_stack_in_trial(loop_config: dict[str, Any]) -> None:
                          "node_id": node_id})
 
     results = fit_stack(configs, dataset, device=device, score_test=False, on_epoch=on_epoch)
-    records = [json.dumps(scored_run(result, dataset, device=device, **scoring)
-                          if not isinstance(result, UcrnError) else {"error": str(result)})
+    records = [json.dumps(_stacked_record(result, scoring, dataset, device))
                for result, scoring in zip(results, loop_config["final_scorings"], strict=True)]
     epochs = max((r.epochs_run for r in results if not isinstance(r, UcrnError)), default=0)
     ray.tune.report({"epoch": epochs, "models_training": 0, "node_id": node_id,
                      "run_records": json.dumps(records)})
+
+
+def _stacked_record(result, scoring: dict[str, Any] | None, dataset, device) -> dict:
+    """What a stacked trial reports of one of its runs."""
+    if isinstance(result, UcrnError):
+        return {"error": str(result)}
+    if scoring is None:  # a search's rerun: the selected epoch's validation scores
+        return {"valid": result.valid, "best_epoch": result.best_epoch,
+                "epochs": result.epochs_run}
+    return scored_run(result, dataset, device=device, **scoring)

@@ -6,8 +6,9 @@ dispatches about what one model's step does: on a GPU, where a step of this smal
 bound by launching kernels, K models train for little more than the price of one (HFTA,
 Wang et al., MLSys 2021, packs jobs the same way).
 
-Each model keeps what makes it its own run: its seed's initialisation, batch order and
-(through the shared random stream) dropout masks; its λm, λc, learning rate, weight decay
+Each model keeps what makes it its own run: its seed's initialisation and batch order
+(its dropout masks come from the stack's random stream, which the seeds fix: the same stack
+gives the same numbers, and ten seeds score as ten apart); its λm, λc, learning rate, weight decay
 and clipping norm; gradient clipping and Adam of its own (its own bias correction); early
 stopping of its own (a stopped model leaves the stack, and nothing moves it any more); and
 a loss that turns non-finite stops that model alone. The loss is the sum of the models'
