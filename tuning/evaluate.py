@@ -44,7 +44,7 @@ from tuning.tables import (
     summary_table,
 )
 from tuning.tables import console as table_console
-from tuning.trials import make_trainable, plan_trials, run_grid
+from tuning.trials import make_trainable, plan_trials, run_grid, stacked_seeds
 from ucrn.config import ABLATIONS, Config, apply_overrides, config_from_options
 from ucrn.data.layout import Dataset
 from ucrn.data.synthetic import data_or_default
@@ -251,15 +251,7 @@ class RecordRuns(Callback):
 def stacked_runs(pending: list[tuple[str, int]], stack: int) -> list[dict[str, Any]]:
     """The pending (variant, seed) runs as trials: each of up to ``stack`` seeds of one
     variant (one architecture), in the order the runs come."""
-    trials: list[dict[str, Any]] = []
-    for variant, seed in pending:
-        open_trial = next((t for t in trials if t["variant"] == variant
-                           and len(t["seeds"]) < stack), None)
-        if open_trial is None:
-            trials.append({"variant": variant, "seeds": [seed]})
-        else:
-            open_trial["seeds"].append(seed)
-    return trials
+    return stacked_seeds([{"variant": v, "seed": s} for v, s in pending], "variant", stack)
 
 
 def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:

@@ -22,7 +22,7 @@ import ray
 from ray.tune import Callback
 
 from tuning.space import trial_overrides
-from tuning.trials import make_trainable, run_grid
+from tuning.trials import make_trainable, run_grid, stacked_seeds
 from ucrn.files import atomic_write, check_directory
 from ucrn.metrics import is_better
 
@@ -99,16 +99,7 @@ def stacks_reruns(resources) -> bool:
 
 def stacked_reruns(pending: list[dict], stack: int) -> list[dict]:
     """The pending reruns as trials of up to ``stack`` seeds of one finalist each."""
-    trials: list[dict] = []
-    for rerun in pending:
-        same = next((t for t in trials if t["trial"] == rerun["trial"]
-                     and len(t["seeds"]) < stack), None)
-        if same is None:
-            trials.append({**{k: v for k, v in rerun.items() if k != "seed"},
-                           "seeds": [rerun["seed"]]})
-        else:
-            same["seeds"].append(rerun["seed"])
-    return trials
+    return stacked_seeds(pending, "trial", stack)
 
 
 class BestOfRun(Callback):

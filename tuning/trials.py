@@ -132,50 +132,54 @@ def make_trainable(
     computation (each a trial config of one run), or one for a plain trial.
     """
     data_refs = [data_ref]  # in a list: Ray then passes the reference, not the data
+    where = {"data": data_refs, "threads": resources.threads,
+             "use_gpu": resources.gpus_per_worker > 0, "gpu_share": resources.gpus_per_worker}
 
     def run_trial(trial_config: dict[str, Any]) -> None:
         runs = stack_of(trial_config) if stack_of is not None else [trial_config]
         if len(runs) > 1:
             train_stack_in_trial({
-                "configs": [apply_overrides(base, overrides_of(run)).to_dict() for run in runs],
-                "final_scorings": [final_scoring_of(run) for run in runs], "data": data_refs,
-                "threads": resources.threads, "use_gpu": resources.gpus_per_worker > 0,
-                "gpu_share": resources.gpus_per_worker})
+                **where, "final_scorings": [final_scoring_of(run) for run in runs],
+                "configs": [apply_overrides(base, overrides_of(run)).to_dict() for run in runs]})
             return
         trial_config = runs[0]
-        config = apply_overrides(base, overrides_of(trial_config))
-        use_gpu = resources.gpus_per_worker > 0
-        loop_config = {"config": config.to_dict(), "data": data_refs,
-                       "threads": resources.threads, "use_gpu": use_gpu,
-                       "gpu_share": resources.gpus_per_worker,
-                       "final_scoring": final_scoring_of(trial_config)}
+        loop_config = {**where, "final_scoring": final_scoring_of(trial_config),
+                       "config": apply_overrides(base, overrides_of(trial_config)).to_dict()}
         if resources.workers == 1:
             train_in_trial(loop_config)
             return
-        trial_id = tune.get_context().get_trial_id()
-        per_worker = {"CPU": resources.cpus_per_worker}
-        if use_gpu:
-            per_worker["GPU"] = resources.gpus_per_worker
-        trainer = TorchTrainer(
-            train_worker,
-            train_loop_config=loop_config,
-            torch_config=LoopbackTorchConfig(),
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker,
-            ),
-            run_config=ray.train.RunConfig(
-                name=run_name_of(trial_config, trial_id), storage_path=train_storage,
-                callbacks=[TuneReportCallback()],
-                failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            ),
-        )
-        trainer.fit()
+        name = run_name_of(trial_config, tune.get_context().get_trial_id())
+        _train_data_parallel(loop_config, resources, name, train_storage)
 
     if resources.workers == 1:  # the trial is the worker
         return tune.with_resources(run_trial, {"cpu": resources.cpus_per_worker,
                                                "gpu": resources.gpus_per_worker})
     return tune.with_resources(run_trial, {"cpu": TRIAL_CPU})
+
+
+def _train_data_parallel(loop_config: dict[str, Any], resources: Resources, name: str,
+                         storage: str) -> None:
+    """A trial's run as a Ray Train worker group (DDP), named ``name`` in ``storage``: a
+    run started again under the same name continues from its last checkpoint."""
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if loop_config["use_gpu"]:
+        per_worker["GPU"] = resources.gpus_per_worker
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=loop_config,
+        torch_config=LoopbackTorchConfig(),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers, use_gpu=loop_config["use_gpu"],
+            resources_per_worker=per_worker,
+        ),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
 
 
 def trial_state(metrics: dict[str, Any], checkpoint: Any) -> TrainingState:
@@ -223,6 +227,20 @@ def check_packing(need_bytes: int, trials_per_gpu: int, gpu_memory_gib: float | 
         problem = packing_problem(need_bytes, trials_per_gpu, int(gpu_memory_gib * 2**30))
         if problem:
             raise UcrnError(f"the cluster's GPUs: {problem}")
+
+
+def stacked_seeds(runs: list[dict[str, Any]], by: str, stack: int) -> list[dict[str, Any]]:
+    """Runs of one seed each (``"seed"``) as trials of up to ``stack`` seeds (``"seeds"``)
+    that agree in ``by`` (one architecture), in the order the runs come."""
+    trials: list[dict[str, Any]] = []
+    for run in runs:
+        same = next((t for t in trials if t[by] == run[by] and len(t["seeds"]) < stack), None)
+        if same is None:
+            trials.append({**{k: v for k, v in run.items() if k != "seed"},
+                           "seeds": [run["seed"]]})
+        else:
+            same["seeds"].append(run["seed"])
+    return trials
 
 
 def run_grid(trainable: Callable, key: str, runs: list[dict[str, Any]], *, name: str,

@@ -102,6 +102,16 @@ def check_device(loop_config: dict[str, Any], config, dataset, device: torch.dev
     check_fits_gpu(need, max(1, math.floor(1.0 / share + 1e-9)), where, device)
 
 
+def _set_up(loop_config: dict[str, Any], config, device: torch.device) -> tuple[Any, str]:
+    """A trial's threads, its data and its node, with its device checked: (data, node id)."""
+    torch.set_num_threads(loop_config["threads"])
+    dataset = ray.get(loop_config["data"][0])
+    node_id = ray.get_runtime_context().get_node_id()
+    check_device(loop_config, config, dataset, device,
+                 f"node {ray.util.get_node_ip_address()} (id {node_id})")
+    return dataset, node_id
+
+
 def run_loop(
     loop_config: dict[str, Any], reporting: Reporting, device: torch.device, rank: int = 0,
     world_size: int = 1, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
@@ -111,13 +121,8 @@ def run_loop(
     ``final_scoring`` (the evaluator's runs), the selected model is then scored on test
     under the robustness conditions here, on the trial's device, and reported once more as
     ``run_record``: the driver only collects it."""
-    torch.set_num_threads(loop_config["threads"])
-    dataset = ray.get(loop_config["data"][0])
     config = config_from_dict(loop_config["config"])
-    context = ray.get_runtime_context()
-    node_id = context.get_node_id()
-    check_device(loop_config, config, dataset, device,
-                 f"node {ray.util.get_node_ip_address()} (id {node_id})")
+    dataset, node_id = _set_up(loop_config, config, device)
     resume = read_checkpoint(reporting.previous) if reporting.previous else None
     reported = []
 
@@ -155,13 +160,9 @@ def train_stack_in_trial(loop_config: dict[str, Any]) -> None:
     its validation scores alone) and the records are reported as ``run_records`` (a JSON
     list; ``{"error": …}`` for a run whose loss turned non-finite). It keeps no
     checkpoint: an interrupted stack trains again whole."""
-    torch.set_num_threads(loop_config["threads"])
-    dataset = ray.get(loop_config["data"][0])
     configs = [config_from_dict(config) for config in loop_config["configs"]]
     device = torch.device("cuda" if loop_config["use_gpu"] else "cpu")
-    node_id = ray.get_runtime_context().get_node_id()
-    check_device(loop_config, configs[0], dataset, device,
-                 f"node {ray.util.get_node_ip_address()} (id {node_id})")
+    dataset, node_id = _set_up(loop_config, configs[0], device)
 
     def on_epoch(stack: ModelStack) -> None:
         ray.tune.report({"epoch": stack.epoch, "models_training": len(stack.active),

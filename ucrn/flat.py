@@ -60,6 +60,13 @@ class FlatParameters:
                                            self.flat.grad.split(self.sizes), strict=True):
             parameter.data = values.view_as(parameter)
             parameter.grad = grad.view_as(parameter)
+        # The split of a step that runs the stacks together: a chunk per stack, then the rest.
+        self.stacked_split, at = [], 0
+        for members in self.stacks:
+            count = len(members) * len(members[0])
+            self.stacked_split.append(sum(self.sizes[at:at + count]))
+            at += count
+        self.stacked_split += self.sizes[at:]
         # Off where a wrapper (data parallelism) watches the parameters' own gradients.
         self.use_step_views, self.together = step_views, together
 
@@ -90,14 +97,7 @@ class FlatParameters:
     def _stacked_views(self) -> list[torch.Tensor]:
         """Each stack as one chunk of (G, member size), split by parameter into (G, …)
         views whose slices the members read; the other parameters as in ``_views``."""
-        chunks = []
-        position = 0
-        for members in self.stacks:
-            count = len(members) * len(members[0])
-            chunks.append(sum(self.sizes[position:position + count]))
-            position += count
-        rest = self.sizes[position:]
-        pieces = self.flat.split(chunks + rest)
+        pieces = self.flat.split(self.stacked_split)
         views: list[torch.Tensor] = []
         position = 0
         for members, chunk in zip(self.stacks, pieces, strict=False):
@@ -133,3 +133,4 @@ class FlatParameters:
                            else v) for k, v in entry.items()}
                  for key, entry in state["state"].items()}
         return {**state, "state": moved}
+

@@ -278,13 +278,6 @@ class ModelStack:
         return not (state.best_epoch and following - state.best_epoch
                     > member.config.train.patience)
 
-    def progress(self) -> str:
-        """One line: the epoch, the models still training, the best scores so far."""
-        best = [m.state.best_score for m in self.members if m.state.best_score is not None]
-        return (f"epoch {self.epoch}: {len(self.active)} of {len(self.members)} models "
-                f"training; best valid {self.members[0].metric} "
-                + (f"{min(best):.4f}–{max(best):.4f}" if best else "–"))
-
     def results(self, dataset: Dataset, score_test: bool) -> list[FitResult | UcrnError]:
         """Each model's run, on its selected weights (test scored once, when asked)."""
         results: list[FitResult | UcrnError] = []
