@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from helpers import fails_before_ray, small_arrays
 
-from ucrn.config import Config, apply_overrides
-from ucrn.data.layout import write_dataset
+from ucrn.config import ABLATIONS, Config, apply_overrides
+from ucrn.data.layout import load_dataset, write_dataset
+from ucrn.engine import fit
 
 FAST = ["--epochs", "2", "--set", "urm_layers=1", "--set", "crm_layers=1", "--set",
         "width=12"]
@@ -95,6 +96,19 @@ def test_evaluation_end_to_end_tables_agree_with_the_per_seed_files(ray_session,
     runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
     assert set(runs) == {"full-seed0", "full-seed1", "no_crm-seed0", "no_crm-seed1"}
     full = [runs["full-seed0"], runs["full-seed1"]]
+    # two at a time: later runs train in an earlier run's process, and train as they would
+    # alone (what a run gives does not depend on what its process trained before)
+    pids = {json.loads(path.read_text().splitlines()[0])["pid"]
+            for path in (out / "ray").rglob("result.json")}
+    assert len(pids) < len(runs)
+    base = apply_overrides(Config(), {"epochs": 2, "patience": 2, "urm_layers": 1,
+                                      "crm_layers": 1, "width": 12})
+    for variant, overrides in (("full", {}), ("no_crm", ABLATIONS["no_crm"])):
+        for seed in (0, 1):
+            alone = fit(apply_overrides(base, {**overrides, "seed": seed}),
+                        load_dataset(tiny_mosi), device="cpu", score_test=False)
+            assert alone.valid["MAE"] == pytest.approx(runs[f"{variant}-seed{seed}"]["valid"][
+                "MAE"], rel=1e-6)
 
     main = pd.read_csv(out / "main.csv").set_index("metric")
     for metric in ("MAE", "Corr", "Non0_acc_2", "Acc_7"):

@@ -284,7 +284,7 @@ def run_pending(plan: EvaluationPlan, pending: list[tuple[str, int]]) -> None:
     recorder = RecordRuns(plan)
     run_grid(trainable, "run", trials,
              name=time.strftime("evaluate-%Y%m%d-%H%M%S"), storage=str(plan.out / "ray"),
-             concurrent=resources.concurrent, args=plan.args, callbacks=[recorder, *waits],
+             resources=resources, args=plan.args, callbacks=[recorder, *waits],
              how_to_continue="rerun the same command to continue")
     if recorder.failed:
         raise UcrnError(f"{len(recorder.failed)} run(s) did not finish "

@@ -87,7 +87,7 @@ def _train(plan, resources, pending: list[dict], folder: Path) -> None:
     )
     pending = stacked_reruns(pending, len(pending) if stacks_reruns(resources) else 1)
     run_grid(trainable, "rerun", pending, name="reruns", storage=str(folder / "ray"),
-             concurrent=resources.concurrent, args=plan.args,
+             resources=resources, args=plan.args,
              callbacks=[BestOfRun(folder, metric)], how_to_continue="continue with --resume")
 
 

@@ -340,6 +340,7 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
             scheduler=FairHalving(plan.metric, max_t=args.epochs,
                                   grace_period=args.grace_period),
             num_samples=args.num_samples, max_concurrent_trials=resources.concurrent,
+            reuse_actors=resources.reuse_processes,
         ),
         run_config=tune.RunConfig(
             name=plan.name, storage_path=storage, verbose=0, stop=ProgressWatch(args.stall_minutes),

@@ -52,6 +52,14 @@ class Resources:
         return max(1, round(self.cpus_per_worker))
 
     @property
+    def reuse_processes(self) -> bool:
+        """Whether a trial's process trains the next trial too (Tune's ``reuse_actors``): a
+        single-worker trial trains in it, so each later trial skips the start of a process,
+        its imports and its first-call costs (about 4 s of CPU time a trial here, more for a
+        CUDA context); a data-parallel trial only starts its worker group there."""
+        return self.workers == 1
+
+    @property
     def trials_per_gpu(self) -> int:
         """Trials that share one GPU (1 for data-parallel workers, which take whole GPUs)."""
         if self.gpus_per_worker <= 0:
@@ -244,7 +252,7 @@ def stacked_seeds(runs: list[dict[str, Any]], by: str, stack: int) -> list[dict[
 
 
 def run_grid(trainable: Callable, key: str, runs: list[dict[str, Any]], *, name: str,
-             storage: str, concurrent: int, args, callbacks: list,
+             storage: str, resources: Resources, args, callbacks: list,
              how_to_continue: str) -> None:
     """``runs`` as one Tune experiment, a trial each (its config ``{key: run}``), with no
     early stopping; a stall, a user's error in a trial and Ctrl-C end it as everywhere
@@ -252,7 +260,8 @@ def run_grid(trainable: Callable, key: str, runs: list[dict[str, Any]], *, name:
     tuner = tune.Tuner(
         trainable,
         param_space={key: tune.grid_search(runs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+        tune_config=tune.TuneConfig(max_concurrent_trials=resources.concurrent,
+                                    reuse_actors=resources.reuse_processes),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
             callbacks=[*callbacks, TrialUserErrors()], stop=ProgressWatch(args.stall_minutes),
