@@ -90,17 +90,27 @@ def test_the_training_speed_benchmark_times_a_mult_checkout_side_by_side(tmp_pat
 
 
 @pytest.mark.slow
-def test_the_search_value_benchmark_compares_the_pick_with_the_defaults_over_seeds(tiny_mosi):
+def test_the_search_value_benchmark_compares_the_pick_with_the_defaults_over_seeds(tiny_mosi,
+                                                                                  tmp_path):
     small = "--set urm_layers=1 --set crm_layers=1"
+    kept = tmp_path / "kept"
     finished = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "search_value.py"), "--data",
-         str(tiny_mosi), "--seeds", "2", "--json", "--evaluate-args", f"--epochs 2 {small}",
-         "--search-args", f"--num-samples 2 --epochs 1 --grace-period 1 --finalists 0 "
-         f"--set epochs=2 {small}"],
+         str(tiny_mosi), "--seeds", "3", "--json", "--evaluate-args", f"--epochs 2 {small}",
+         "--defaults", str(kept),
+         "--search-args", f"--num-samples 2 --epochs 1 --grace-period 1 --finalists 1 "
+         f"--finalist-seeds 2 --set epochs=2 {small}"],
         capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     report = json.loads(finished.stdout.strip().splitlines()[-1])
-    assert report["metric"] == "MAE" and report["seeds"] == 2
+    assert report["metric"] == "MAE" and report["seeds"] == 3
+    # the search ran seeds 0 and 1 of its pick; the evaluator's seeds 0 and 1 repeat them
+    assert report["search_seeds"] == [0, 1] and report["fresh_seeds"] == 1
+    repeated = report["per_seed"]["pick at trial length"]["valid MAE"][:2]
+    assert sum(repeated) / 2 == pytest.approx(report["search_reported_valid"], rel=1e-6)
+    assert report["winners_curse_on_fresh_seeds"] is not None
+    # the defaults' evaluation is kept for the next run of the same inputs
+    assert len(list(kept.glob("defaults-*/runs/full-seed*.json"))) == 3
     assert report["trial_epochs"] == 1 and report["epochs"] == 2  # best.json: the full budget
     names = ("pick at trial length", "search pick", "paper defaults")
     for name in names:
@@ -110,7 +120,7 @@ def test_the_search_value_benchmark_compares_the_pick_with_the_defaults_over_see
     # more epochs from the same seeds: each seed's best validation epoch can only improve
     assert (report["configurations"]["search pick"]["valid MAE"]["mean"]
             <= report["configurations"]["pick at trial length"]["valid MAE"]["mean"])
-    assert report["search_reported_seeds"] == 1
+    assert report["search_reported_seeds"] == 2
     assert isinstance(report["pick_beats_defaults"], bool)
     assert set(report["seconds"]) == {"search", *names}
 
@@ -142,3 +152,28 @@ def test_the_stacked_models_benchmark_reports_ops_speed_memory_and_exactness():
     assert ops["10"] <= ops["1"] / 8  # ten models dispatch about what one does
     assert report["cpu_speedup_k10"] > 0 and set(report["peak_mib_per_model"]) == {"1", "10"}
     assert report["max_relative_deviation"] <= 1e-4
+
+
+def test_search_value_reuses_the_defaults_runs_only_for_a_pick_that_trains_alike(tmp_path):
+    import importlib.util
+
+    from ucrn.config import Config, apply_overrides
+
+    spec = importlib.util.spec_from_file_location("search_value",
+                                                  ROOT / "benchmarks" / "search_value.py")
+    search_value = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(search_value)
+    defaults = tmp_path / "defaults"
+    (defaults / "runs").mkdir(parents=True)
+    ran = apply_overrides(Config(), {"seed": 3}).to_dict()  # as the evaluator records a run
+    (defaults / "runs" / "full-seed3.json").write_text(json.dumps({"config": ran}))
+
+    def best(**overrides) -> str:
+        path = tmp_path / "best.json"
+        record = apply_overrides(Config(), overrides).to_dict()
+        path.write_text(json.dumps({**record, "search": {"trial": "t"}}))
+        return str(path)
+
+    assert search_value.trains_alike(defaults, best(select_metric="MAE"))  # auto is MAE
+    assert not search_value.trains_alike(defaults, best(learning_rate=0.002))
+    assert not search_value.trains_alike(defaults, best(epochs=8, patience=8))

@@ -10,8 +10,9 @@ from tuning.halving import FairHalving
 STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
 
 
-def _trial(name):
-    return SimpleNamespace(trial_id=name)  # a new trial: no storage, nothing reported yet
+def _trial(name, config=None):
+    # a new trial: no storage, nothing reported yet
+    return SimpleNamespace(trial_id=name, config=config or {})
 
 
 def _report(scheduler, trial, epoch, value, metric="valid_MAE"):
@@ -94,3 +95,16 @@ def test_a_resumed_trial_brings_back_the_rungs_it_reached(tmp_path):
                                                  has_reported_at_least_once=False))
     assert scheduler.rungs[2] == {"old": 0.6}
     assert _report(scheduler, _trial("late"), 2, 0.7) == STOP  # judged against the old one
+
+
+def test_the_papers_trial_runs_every_epoch_and_still_counts_at_the_rungs():
+    paper = {"lambda_m": 1.0, "urm_layers": 5}
+    scheduler = FairHalving("valid_MAE", max_t=8, grace_period=2, yardstick=paper)
+    first = _trial("paper", {**paper, "batch_size": 16})
+    second, third = _trial("second", {"lambda_m": 0.5}), _trial("third", {"lambda_m": 2.0})
+    _report(scheduler, second, 2, 0.8)
+    assert _report(scheduler, first, 2, 0.9) == CONTINUE  # outranked, and not stopped
+    assert scheduler.outranked("paper")
+    assert scheduler.rungs[2]["paper"] == 0.9  # it counts at the rung
+    assert _report(scheduler, third, 2, 0.95) == STOP  # behind both others
+    assert [_report(scheduler, first, epoch, 1.0) for epoch in range(3, 9)] == [CONTINUE] * 6

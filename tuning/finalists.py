@@ -2,11 +2,16 @@
 
 A trial's validation score comes from one seed, and on MOSI the seed alone moves a
 configuration by about as much as the search's gains: the trial best on one seed is often
-the luckiest. So the ``--finalists`` best trials (by the first metric, at each one's best
-epoch) are trained again with ``--finalist-seeds`` − 1 other seeds, for as many epochs as
-the trial ran, selecting each checkpoint on validation as the trial did; ``best.json``'s
-configuration is the finalist best on the mean over its seeds. The test split is still
-scored once, on the chosen trial's own checkpoint. Each rerun is written to
+the luckiest. So the paper's trial and the ``--finalists`` best of the others (by the first
+metric, at each one's best epoch) are trained again with ``--finalist-seeds`` − 1 other
+seeds, for as many epochs as the trial ran, selecting each checkpoint on validation as the
+trial did. The seeds are the search's seed + 1, + 2, …: the evaluator's next seeds, so
+``tuning/evaluate.py`` at the trial's length repeats each of these runs.
+
+``best.json`` keeps the paper's configuration unless the best other finalist (on the mean
+over seeds) is better than it with at least ``--confidence`` (a one-sided t test on the
+seeds' pooled spread), and records how sure that choice is. The test split is still scored
+once, on the chosen trial's own checkpoint. Each rerun is written to
 ``EXPERIMENT/finalists/`` as it finishes, so an interrupted search resumed with
 ``--resume`` redoes none of them.
 """
@@ -14,6 +19,7 @@ scored once, on the chosen trial's own checkpoint. Each rerun is written to
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -26,12 +32,11 @@ from tuning.trials import make_trainable, run_grid, stacked_seeds
 from ucrn.files import atomic_write, check_directory
 from ucrn.metrics import is_better
 
-SEED_STEP = 1000  # a rerun's seed: the search's seed + SEED_STEP × k (far from the trials')
-
 
 def rerun_seeds(seed: int, count: int) -> list[int]:
-    """The seeds a finalist is trained again with (its own trial had ``seed``)."""
-    return [seed + SEED_STEP * k for k in range(1, count)]
+    """The seeds a finalist is trained again with (its own trial had ``seed``): the next
+    ones, which the evaluator's runs of the same seeds repeat."""
+    return [seed + k for k in range(1, count)]
 
 
 def _key(trial: str, seed: int) -> str:
@@ -43,8 +48,8 @@ def finished_reruns(folder: Path) -> dict[str, dict]:
 
 
 def rescore(plan, resources, finalists: list[tuple[str, dict[str, Any], float, int]],
-            say) -> dict[str, list[float]]:
-    """Each finalist's validation scores over seeds: its own trial's first, then its reruns'.
+            say) -> dict[str, dict[int, float]]:
+    """Each finalist's validation score by seed: its own trial's first, then its reruns'.
 
     ``finalists`` holds (trial id, trial config, its best score, the epochs it ran) in the
     order to report; each rerun trains as many epochs as its trial ran (early stopping may have
@@ -58,16 +63,13 @@ def rescore(plan, resources, finalists: list[tuple[str, dict[str, Any], float, i
                for trial, config, _, epochs in finalists for seed in seeds
                if _key(trial, seed) not in done]
     if pending:
-        say(f"finalists: the best {len(finalists)} trial(s) again with {len(seeds)} other "
-            f"seed(s) each ({len(pending)} run(s)), to choose on the mean over "
-            f"{len(seeds) + 1} seeds")
+        say(f"finalists: {len(finalists)} trial(s) again with {len(seeds)} other seed(s) each "
+            f"({len(pending)} run(s)), to choose on the mean over {len(seeds) + 1} seeds")
         _train(plan, resources, pending, folder)
         done = finished_reruns(folder)
-    scores = {}
-    for trial, _, own, _ in finalists:
-        scores[trial] = [own] + [done[_key(trial, seed)]["value"] for seed in seeds
-                                 if _key(trial, seed) in done]
-    return scores
+    return {trial: {args.seed: own, **{seed: done[_key(trial, seed)]["value"] for seed in seeds
+                                       if _key(trial, seed) in done}}
+            for trial, _, own, _ in finalists}
 
 
 def _train(plan, resources, pending: list[dict], folder: Path) -> None:
@@ -140,3 +142,89 @@ def summary(values: list[float]) -> dict[str, float | int]:
     """Mean, sample standard deviation (ddof 1; 0 for one seed) and the number of seeds."""
     return {"mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "seeds": len(values)}
+
+
+def choose(scores: dict[str, list[float]], paper: str | None, mode: str,
+           confidence: float) -> tuple[str, dict[str, Any]]:
+    """The finalist ``best.json`` takes, and how sure that choice is.
+
+    With the paper's trial among the finalists, the best other finalist (on its mean over
+    seeds) replaces it only when a one-sided t test on the finalists' pooled seed spread says
+    it is better with at least ``confidence``; the seed that made a trial a finalist counts
+    in its mean, so the bar also absorbs that luck. Without it, the best mean is chosen.
+    """
+    means = {trial: statistics.fmean(values) for trial, values in scores.items()}
+    best_mean = (min if mode == "min" else max)(means, key=means.get)
+    if paper not in scores or len(scores) == 1:
+        return best_mean, {"rule": "the finalist best on its mean over seeds"}
+    challenger = (min if mode == "min" else max)(
+        (trial for trial in means if trial != paper), key=means.get)
+    sign = -1 if mode == "min" else 1
+    improvement = sign * (means[challenger] - means[paper])  # > 0: the challenger is better
+    spread, freedom = pooled_std(scores.values())
+    error = spread * math.sqrt(1 / len(scores[challenger]) + 1 / len(scores[paper]))
+    sure = student_t_cdf(improvement / error, freedom) if error > 0 else None
+    chosen = challenger if sure is not None and sure >= confidence else paper
+    return chosen, {
+        "rule": f"the paper's configuration unless another finalist is better with "
+                f"confidence ≥ {confidence:g} (one-sided t test, pooled seed spread)",
+        "challenger": challenger, "improvement": improvement, "standard_error": error,
+        "degrees_of_freedom": freedom, "confidence": sure, "asked": confidence,
+        "kept_paper": chosen == paper}
+
+
+def pooled_std(groups) -> tuple[float, int]:
+    """The seeds' standard deviation pooled over the finalists, and its degrees of freedom."""
+    groups = [list(values) for values in groups if len(values) > 1]
+    freedom = sum(len(values) - 1 for values in groups)
+    if not freedom:
+        return 0.0, 0
+    squares = sum((len(values) - 1) * statistics.variance(values) for values in groups)
+    return math.sqrt(squares / freedom), freedom
+
+
+def student_t_cdf(t: float, freedom: int) -> float:
+    """P(T ≤ t) for Student's t with whole degrees of freedom (Abramowitz & Stegun 26.7.3-4)."""
+    theta = math.atan2(t, math.sqrt(freedom))
+    cos = math.cos(theta)
+    power = freedom % 2  # the series' powers of cos θ: 1, 3, …, ν − 2 (odd ν); 0, 2, … (even)
+    term = cos if power else 1.0
+    series = 0.0
+    while power <= freedom - 2:
+        series += term
+        term *= cos * cos * (power + 1) / (power + 2)
+        power += 2
+    if freedom % 2:
+        inside = 2 / math.pi * (theta + math.sin(theta) * series)
+    else:
+        inside = math.sin(theta) * series
+    return (1 + inside) / 2
+
+
+def decision_line(record: dict[str, Any], metric: str) -> str | None:
+    """best.json's choice among the finalists in one line, with how sure it is."""
+    decision = record.get("decision")
+    if not decision:
+        return None
+    chosen = record["chosen"]
+    scored = (f"{metric} {chosen['mean']:.4f} ± {chosen['std']:.4f} over "
+              f"{chosen['seeds']} seeds")
+    if "challenger" not in decision:
+        return f"best.json takes the finalist best on its mean: {scored}"
+    other, sure, gain = decision["challenger"][:8], decision["confidence"], decision["improvement"]
+    by = f"by {abs(gain):.4f} ± {decision['standard_error']:.4f} on the mean over seeds"
+    if sure is None:
+        return (f"best.json keeps the paper's configuration ({scored}): the finalists' seeds "
+                f"show no spread to judge {other} by")
+    if decision["kept_paper"]:
+        return (f"best.json keeps the paper's configuration ({scored}): the best other "
+                f"finalist, {other}, is {'better' if gain > 0 else 'worse'} {by}, "
+                f"{_percent(sure)} sure to be better, short of the {_percent(decision['asked'])} "
+                "asked")
+    return (f"best.json takes {other} ({scored}): better than the paper's configuration "
+            f"{by}, {_percent(sure)} sure (t test, {decision['degrees_of_freedom']} degrees of "
+            "freedom)")
+
+
+def _percent(probability: float) -> str:
+    return "over 99 %" if probability > 0.99 else f"{probability:.0%}".replace("%", " %")

@@ -8,6 +8,10 @@ search only while it is among the best ⌈n / reduction factor⌉ of the n trial
 every rung it passed, the later ones included; a trial that a later arrival pushes out of
 that share stops at its next epoch. An early trial thus keeps going until it has rivals,
 then is held to the same rule as they are; no trial waits (nothing is paused).
+
+One trial may be the yardstick: the paper's, against which ``best.json`` is judged
+(``tuning.finalists``). It counts at every rung but is never stopped, so the finalists
+compare with it at the search's whole trial length.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ class FairHalving(FIFOScheduler):
     """Successive halving on ``metric`` at rungs ``grace_period`` × ``reduction_factor``^k
     epochs (below ``max_t``), every rung judged again as each trial reaches it."""
 
-    def __init__(self, metric: str, max_t: int, grace_period: int, reduction_factor: int = 2):
+    def __init__(self, metric: str, max_t: int, grace_period: int, reduction_factor: int = 2,
+                 yardstick: dict | None = None):
         super().__init__()
+        self.yardstick = yardstick  # the settings of the trial that runs every epoch
         if not 1 <= grace_period <= max_t or reduction_factor < 2:
             raise ValueError("need 1 ≤ grace_period ≤ max_t and reduction_factor ≥ 2")
         self._metric, self.reduction_factor = metric, reduction_factor
@@ -43,7 +49,14 @@ class FairHalving(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._record(trial.trial_id, result)
-        return TrialScheduler.STOP if self.outranked(trial.trial_id) else TrialScheduler.CONTINUE
+        if self._is_yardstick(trial) or not self.outranked(trial.trial_id):
+            return TrialScheduler.CONTINUE
+        return TrialScheduler.STOP
+
+    def _is_yardstick(self, trial) -> bool:
+        config = getattr(trial, "config", None) or {}
+        return bool(self.yardstick) and all(config.get(key) == value
+                                            for key, value in self.yardstick.items())
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         if result:

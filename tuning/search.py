@@ -29,7 +29,7 @@ from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.figures import pareto_plot
-from tuning.finalists import rescore, summary
+from tuning.finalists import choose, decision_line, rescore, summary
 from tuning.halving import FairHalving
 from tuning.progress import (
     Interruption,
@@ -132,13 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "base config: ucrn's defaults with --config and --set laid over "
                         "them), which is otherwise the first trial, so that best.json is at "
                         "least as good as it on validation")
-    search.add_argument("--finalists", type=int, default=2,
-                        help="the best trials trained again from other seeds before "
-                        "best.json is chosen by the mean over seeds (default 2; 0: choose "
+    search.add_argument("--finalists", type=int, default=1,
+                        help="the best trials besides the paper's, trained again with it "
+                        "from other seeds before best.json is chosen (default 1; 0: choose "
                         "on the trials' one seed)")
     search.add_argument("--finalist-seeds", type=int, default=3,
                         help="seeds behind each finalist's score, its own trial's included "
                         "(default 3)")
+    search.add_argument("--confidence", type=float, default=0.9,
+                        help="how sure the search must be that a finalist beats the paper's "
+                        "configuration on the mean over seeds before best.json takes it "
+                        "(one-sided t test; default 0.9; 0: the best mean)")
     search.add_argument("--grace-period", type=int, default=2,
                         help="epochs before a trial may be stopped early; the rungs of successive "
                         "halving are this × 2, × 4, … (default 2)")
@@ -187,6 +191,9 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
             raise UcrnError(f"--{name.replace('_', '-')} must be at least 1")
     if args.finalists < 0 or args.finalist_seeds < 1:
         raise UcrnError("--finalists must be 0 or more and --finalist-seeds at least 1")
+    if not 0 <= args.confidence < 1:
+        raise UcrnError(f"--confidence {args.confidence:g}: give a probability from 0 "
+                        "(the best mean) to below 1, e.g. 0.9")
     check_cluster_arguments(args)
     experiment = _experiment_path(args)
     if args.study_storage:
@@ -338,7 +345,7 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=FairHalving(plan.metric, max_t=args.epochs,
-                                  grace_period=args.grace_period),
+                                  grace_period=args.grace_period, yardstick=plan.base_point),
             num_samples=args.num_samples, max_concurrent_trials=resources.concurrent,
             reuse_actors=resources.reuse_processes,
         ),
@@ -368,9 +375,9 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], resources,
     if not any(r.metrics and plan.metric in r.metrics for r in grid):
         raise UcrnError(f"no trial reported {plan.metric}; see the trial logs in "
                         f"{plan.experiment}")
-    seeds = _finalist_scores(plan, grid, table, results, resources)
+    by_seed = _finalist_scores(plan, grid, table, results, resources)
     _write_text(plan.experiment, "trials.csv", table.to_csv(index=False))
-    best = _chosen(plan, grid, seeds)
+    best, decision = _chosen(plan, grid, by_seed, paper)
     seconds = time.perf_counter() - started
     state = trial_state(best.metrics, best.checkpoint)
     model = state.selected_model()
@@ -387,7 +394,7 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], resources,
                    "trial_epochs": trial_epochs,
                    "trials": len(grid), "seconds": seconds, **_objectives_record(plan),
                    "paper_trial": _paper_record(table, paper, plan.metric),
-                   "seeds": _seeds_record(seeds, _trial_id(best), plan.metric)},
+                   "seeds": _seeds_record(by_seed, _trial_id(best), plan.metric, decision)},
         "metrics": {"valid": result.valid, "test": test},
     }
     _write_text(plan.experiment, "best.json", json.dumps(record, indent=2) + "\n")
@@ -408,6 +415,8 @@ def _show_search(plan: SearchPlan, table, best, searched: list[str],
     if (paper_record := found["paper_trial"]) is not None:
         stdout.print(f"the paper's configuration ran as trial {paper_record['trial']}: "
                      f"{plan.metric} {paper_record[plan.metric]:.4f} at its best epoch")
+    if line := decision_line(found["seeds"], plan.metric):
+        stdout.print(line)
     stdout.print(metrics_table(
         f"best checkpoint (epoch {best_epoch}) · selected on {plan.metric}",
         {"valid": record["metrics"]["valid"], "test (scored once)": record["metrics"]["test"]},
@@ -423,48 +432,58 @@ def _show_search(plan: SearchPlan, table, best, searched: list[str],
     _show_what_mattered(plan, stdout)
 
 
-def _finalist_scores(plan: SearchPlan, grid, table, results, resources) -> dict[str, list]:
-    """The ``--finalists`` best trials' scores over seeds (``tuning.finalists``), the paper's
-    trial always among them (so that best.json is never worse than it on a seed mean), also
-    as columns of ``table``: mean, standard deviation and seeds behind each trial's score."""
+def _finalist_scores(plan: SearchPlan, grid, table, results,
+                     resources) -> dict[str, dict[int, float]]:
+    """The scores by seed (``tuning.finalists``) of the paper's trial and the ``--finalists``
+    best others, also as columns of ``table``: mean, standard deviation and seeds behind each
+    trial's score."""
     metric = plan.metric
     count = plan.args.finalists if plan.args.finalist_seeds > 1 else 0
     scored = [row for _, row in table.iterrows()
               if row["status"] == "done" and pd.notna(row[metric])]  # best first
-    ranked = scored[:count]
-    ranked += [row for row in scored[count:] if row["paper"]] if count else []
+    others = [row for row in scored if not row["paper"]][:count]
+    ranked = [row for row in scored if row["paper"] or any(row is o for o in others)] \
+        if count else []
     by_short = {trial_id[:8]: (trial_id, config) for trial_id, _, config, _ in results}
     finalists = [(by_short[row["trial"]][0],
                   {k: v for k, v in by_short[row["trial"]][1].items() if k in plan.space},
                   float(row[metric]), int(row["epochs"])) for row in ranked]
-    seeds = rescore(plan, resources, finalists, console.print) if finalists else {}
-    summaries = {trial[:8]: summary(values) for trial, values in seeds.items()}
+    by_seed = rescore(plan, resources, finalists, console.print) if finalists else {}
+    summaries = {trial[:8]: summary(list(values.values())) for trial, values in by_seed.items()}
     one_seed = {t: summary([v]) for t, v in zip(table["trial"], table[metric], strict=True)}
     rows = [summaries.get(t, one_seed[t]) for t in table["trial"]]
     position = list(table.columns).index(metric) + 1
     for offset, (column, field) in enumerate(((f"{metric} mean", "mean"),
                                               (f"{metric} std", "std"), ("seeds", "seeds"))):
         table.insert(position + offset, column, [row[field] for row in rows])
-    return seeds
+    return by_seed
 
 
-def _chosen(plan: SearchPlan, grid, seeds: dict[str, list]):
-    """The trial best.json takes: the finalist best on its mean over seeds; without
+def _chosen(plan: SearchPlan, grid, by_seed: dict[str, dict[int, float]], paper: str | None):
+    """The trial best.json takes (``tuning.finalists.choose``) and how sure that is; without
     finalists, the trial best on its one seed."""
-    if not seeds:
-        return grid.get_best_result(plan.metric, plan.mode, scope="all")
-    means = {trial: summary(values)["mean"] for trial, values in seeds.items()}
-    best_trial = (min if plan.mode == "min" else max)(means, key=means.get)
-    return next(r for r in grid if _trial_id(r) == best_trial)
+    if not by_seed:
+        return grid.get_best_result(plan.metric, plan.mode, scope="all"), None
+    scores = {trial: list(values.values()) for trial, values in by_seed.items()}
+    best_trial, decision = choose(scores, paper, plan.mode, plan.args.confidence)
+    return next(r for r in grid if _trial_id(r) == best_trial), decision
 
 
-def _seeds_record(seeds: dict[str, list], chosen: str, metric: str) -> dict[str, Any]:
-    """best.json's account of how sure the choice is."""
-    if not seeds:
+def _seeds_record(by_seed: dict[str, dict[int, float]], chosen: str, metric: str,
+                  decision: dict[str, Any] | None) -> dict[str, Any]:
+    """best.json's account of how sure the choice is: each finalist's scores, the seeds
+    they came from (``run_seeds``, the evaluator's seeds of the same numbers) and the
+    decision."""
+    if not by_seed:
         return {"finalists": 0, "note": f"chosen on one seed's {metric}"}
-    return {"metric": metric, "chosen": {**summary(seeds[chosen]), "values": seeds[chosen]},
-            "finalists": {trial: {**summary(values), "values": values}
-                          for trial, values in seeds.items()}}
+
+    def scored(values: dict[int, float]) -> dict[str, Any]:
+        return {**summary(list(values.values())), "values": list(values.values()),
+                "run_seeds": list(values)}
+
+    return {"metric": metric, "chosen": scored(by_seed[chosen]),
+            "finalists": {trial: scored(values) for trial, values in by_seed.items()},
+            "decision": decision}
 
 
 def _paper_trial(results: list, point: dict[str, Any] | None) -> str | None:

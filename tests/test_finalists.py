@@ -1,0 +1,71 @@
+"""How the search chooses among its finalists, and how sure it says it is."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuning.finalists import choose, decision_line, pooled_std, rerun_seeds, student_t_cdf
+
+PAPER = "paper0001xyz"
+OTHER = "other0002xyz"
+
+
+@pytest.mark.parametrize("t, freedom, probability", [
+    (6.314, 1, 0.95), (2.920, 2, 0.95), (1.638, 3, 0.90), (2.132, 4, 0.95),
+    (2.571, 5, 0.975), (1.943, 6, 0.95), (3.143, 6, 0.99), (1.372, 10, 0.90),
+])
+def test_the_t_distribution_matches_its_tables(t, freedom, probability):
+    assert student_t_cdf(t, freedom) == pytest.approx(probability, abs=5e-4)
+    assert student_t_cdf(-t, freedom) == pytest.approx(1 - probability, abs=5e-4)
+    assert student_t_cdf(0.0, freedom) == 0.5
+
+
+def test_the_seed_spread_is_pooled_over_the_finalists():
+    spread, freedom = pooled_std([[1.0, 3.0], [2.0, 2.0, 2.0], [5.0]])
+    assert freedom == 3 and spread == pytest.approx((2.0 / 3) ** 0.5)  # (1·2 + 2·0) / 3
+    assert pooled_std([[1.0], [2.0]]) == (0.0, 0)
+
+
+def test_a_lead_within_the_seed_noise_keeps_the_papers_configuration():
+    scores = {PAPER: [0.90, 0.93, 0.91], OTHER: [0.89, 0.92, 0.90]}  # 0.01 better, std 0.015
+    chosen, decision = choose(scores, PAPER, "min", 0.9)
+    assert chosen == PAPER and decision["kept_paper"]
+    assert decision["improvement"] == pytest.approx(0.01)
+    assert 0.5 < decision["confidence"] < 0.9
+    assert choose(scores, PAPER, "min", 0.0)[0] == OTHER  # 0: the best mean
+
+
+def test_a_clear_lead_replaces_the_papers_configuration():
+    scores = {PAPER: [0.90, 0.91, 0.92], OTHER: [0.86, 0.87, 0.875]}
+    chosen, decision = choose(scores, PAPER, "min", 0.9)
+    assert chosen == OTHER and not decision["kept_paper"] and decision["confidence"] > 0.99
+    assert decision["degrees_of_freedom"] == 4
+    line = decision_line({"chosen": {"mean": 0.868, "std": 0.008, "seeds": 3},
+                          "decision": decision}, "valid_MAE")
+    assert line.startswith("best.json takes other000 ") and "than the paper's" in line
+
+
+def test_a_metric_to_maximise_is_judged_the_other_way():
+    scores = {PAPER: [0.70, 0.71, 0.72], OTHER: [0.76, 0.77, 0.775]}
+    assert choose(scores, PAPER, "max", 0.9)[0] == OTHER
+    assert choose(scores, PAPER, "min", 0.9)[0] == PAPER  # lower accuracy is no gain
+
+
+def test_without_the_papers_trial_the_best_mean_is_chosen():
+    scores = {OTHER: [0.90, 0.91], "third0003xyz": [0.88, 0.95]}
+    chosen, decision = choose(scores, None, "min", 0.9)
+    assert chosen == OTHER and "challenger" not in decision
+
+
+def test_finalists_without_spread_keep_the_papers_configuration():
+    chosen, decision = choose({PAPER: [0.9], OTHER: [0.8]}, PAPER, "min", 0.9)
+    assert chosen == PAPER and decision["confidence"] is None
+    line = decision_line({"chosen": {"mean": 0.9, "std": 0.0, "seeds": 1},
+                          "decision": decision}, "valid_MAE")
+    assert "no spread" in line
+
+
+def test_reruns_take_the_seeds_the_evaluator_runs_next():
+    assert rerun_seeds(0, 3) == [1, 2]
+    assert rerun_seeds(4, 2) == [5]
+    assert rerun_seeds(0, 1) == []
