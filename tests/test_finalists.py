@@ -33,6 +33,8 @@ def test_a_lead_within_the_seed_noise_keeps_the_papers_configuration():
     assert decision["improvement"] == pytest.approx(0.01)
     assert 0.5 < decision["confidence"] < 0.9
     assert choose(scores, PAPER, "min", 0.0)[0] == OTHER  # 0: the best mean
+    worse = {PAPER: scores[OTHER], OTHER: scores[PAPER]}
+    assert choose(worse, PAPER, "min", 0.0)[0] == PAPER
 
 
 def test_a_clear_lead_replaces_the_papers_configuration():

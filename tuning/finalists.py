@@ -151,7 +151,8 @@ def choose(scores: dict[str, list[float]], paper: str | None, mode: str,
     With the paper's trial among the finalists, the best other finalist (on its mean over
     seeds) replaces it only when a one-sided t test on the finalists' pooled seed spread says
     it is better with at least ``confidence``; the seed that made a trial a finalist counts
-    in its mean, so the bar also absorbs that luck. Without it, the best mean is chosen.
+    in its mean, so the bar also absorbs that luck. Without it, or with ``confidence`` 0,
+    the best mean is chosen.
     """
     means = {trial: statistics.fmean(values) for trial, values in scores.items()}
     best_mean = (min if mode == "min" else max)(means, key=means.get)
@@ -164,7 +165,10 @@ def choose(scores: dict[str, list[float]], paper: str | None, mode: str,
     spread, freedom = pooled_std(scores.values())
     error = spread * math.sqrt(1 / len(scores[challenger]) + 1 / len(scores[paper]))
     sure = student_t_cdf(improvement / error, freedom) if error > 0 else None
-    chosen = challenger if sure is not None and sure >= confidence else paper
+    if confidence == 0:  # the best mean, however slight its lead
+        chosen = best_mean
+    else:
+        chosen = challenger if sure is not None and sure >= confidence else paper
     return chosen, {
         "rule": f"the paper's configuration unless another finalist is better with "
                 f"confidence ≥ {confidence:g} (one-sided t test, pooled seed spread)",
