@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tuning.finalists import summary
+from tuning.finalists import decision_line, summary
 from ucrn.metrics import mode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +170,7 @@ def _report(args, best: dict, metric: str, length: int, results: dict,
         "winners_curse_on_fresh_seeds": (_curse(statistics.fmean(fresh), reported, std, metric)
                                          if fresh else None),
         "pick_is_papers": bool(best["search"]["seeds"].get("decision", {}).get("kept_paper")),
+        "finalists": best["search"]["seeds"],  # their seed scores and the decision
         "seconds": {name: round(value, 1) for name, value in seconds.items()},
         "per_seed": results,
     }
@@ -200,6 +201,8 @@ def _print(report: dict, args, metric: str) -> None:
           f"{'—' if curse is None else f'{curse:+.2f}'} seed std (positive: optimistic); on "
           f"the {report['fresh_seeds']} seed(s) the search did not run: "
           f"{'—' if fresh is None else f'{fresh:+.2f}'}")
+    if line := decision_line(report["finalists"], f"valid_{metric}"):
+        print(f"the search: {line}")
     print(f"the pick beats the paper's defaults (valid mean no worse, test Non0_acc_2 mean "
           f"at most 0.01 below): {'yes' if report['pick_beats_defaults'] else 'no'}")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()))
