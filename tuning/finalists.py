@@ -155,11 +155,11 @@ def choose(scores: dict[str, list[float]], paper: str | None, mode: str,
     the best mean is chosen.
     """
     means = {trial: statistics.fmean(values) for trial, values in scores.items()}
-    best_mean = (min if mode == "min" else max)(means, key=means.get)
+    best = min if mode == "min" else max
+    best_mean = best(means, key=means.get)
     if paper not in scores or len(scores) == 1:
         return best_mean, {"rule": "the finalist best on its mean over seeds"}
-    challenger = (min if mode == "min" else max)(
-        (trial for trial in means if trial != paper), key=means.get)
+    challenger = best((trial for trial in means if trial != paper), key=means.get)
     sign = -1 if mode == "min" else 1
     improvement = sign * (means[challenger] - means[paper])  # > 0: the challenger is better
     spread, freedom = pooled_std(scores.values())

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from tuning.space import at_point
 from ucrn.metrics import is_better
 
 
@@ -49,14 +50,10 @@ class FairHalving(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._record(trial.trial_id, result)
-        if self._is_yardstick(trial) or not self.outranked(trial.trial_id):
+        if at_point(getattr(trial, "config", None), self.yardstick) or not self.outranked(
+                trial.trial_id):
             return TrialScheduler.CONTINUE
         return TrialScheduler.STOP
-
-    def _is_yardstick(self, trial) -> bool:
-        config = getattr(trial, "config", None) or {}
-        return bool(self.yardstick) and all(config.get(key) == value
-                                            for key, value in self.yardstick.items())
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         if result:

@@ -39,7 +39,7 @@ from tuning.progress import (
     check_ran_to_end,
 )
 from tuning.ray_start import sharing_note, start_ray
-from tuning.space import base_point, load_space, to_tune, trial_overrides
+from tuning.space import at_point, base_point, load_space, to_tune, trial_overrides
 from tuning.study import (
     StudySearch,
     check_same_objectives,
@@ -441,9 +441,8 @@ def _finalist_scores(plan: SearchPlan, grid, table, results,
     count = plan.args.finalists if plan.args.finalist_seeds > 1 else 0
     scored = [row for _, row in table.iterrows()
               if row["status"] == "done" and pd.notna(row[metric])]  # best first
-    others = [row for row in scored if not row["paper"]][:count]
-    ranked = [row for row in scored if row["paper"] or any(row is o for o in others)] \
-        if count else []
+    others = [row["trial"] for row in scored if not row["paper"]][:count]
+    ranked = [row for row in scored if row["paper"] or row["trial"] in others] if count else []
     by_short = {trial_id[:8]: (trial_id, config) for trial_id, _, config, _ in results}
     finalists = [(by_short[row["trial"]][0],
                   {k: v for k, v in by_short[row["trial"]][1].items() if k in plan.space},
@@ -488,10 +487,7 @@ def _seeds_record(by_seed: dict[str, dict[int, float]], chosen: str, metric: str
 
 def _paper_trial(results: list, point: dict[str, Any] | None) -> str | None:
     """The trial that ran the paper's configuration (its values are the enqueued point's)."""
-    if not point:
-        return None
-    return next((trial_id for trial_id, _, config, _ in results
-                 if all((config or {}).get(key) == value for key, value in point.items())),
+    return next((trial_id for trial_id, _, config, _ in results if at_point(config, point)),
                 None)
 
 

@@ -235,6 +235,12 @@ def _holds(entry: Any, value: Any) -> bool:
     return low <= value <= high  # between a stepped range's points too (see the top)
 
 
+def at_point(config: dict[str, Any] | None, point: dict[str, Any] | None) -> bool:
+    """Whether a trial's ``config`` holds every value of ``point`` (the paper's trial is the
+    one at ``base_point``); never for no point."""
+    return bool(point) and all((config or {}).get(key) == value for key, value in point.items())
+
+
 def base_point(space: dict[str, Any], base: Config) -> tuple[dict[str, Any] | None, list[str]]:
     """The base config (the paper's defaults, with --config/--set laid over them) as one
     point of the space: every searched key at the base's value. None, with the keys whose
