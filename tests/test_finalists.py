@@ -71,3 +71,87 @@ def test_reruns_take_the_seeds_the_evaluator_runs_next():
     assert rerun_seeds(0, 3) == [1, 2]
     assert rerun_seeds(4, 2) == [5]
     assert rerun_seeds(0, 1) == []
+
+
+def _searcher(tmp_path, finalists=1, stack=False):
+    from ray import tune
+
+    from tuning.finalists import FinalistSearch
+
+    searcher = FinalistSearch(
+        url=f"sqlite:///{tmp_path / 'study.db'}", study_name="s", metrics=["valid_MAE"],
+        epochs=4, seed=0, concurrent=2, trials=3, points_to_evaluate=[{"lambda_m": 1.0}],
+        finalists=finalists, finalist_seeds=3, stack=stack, paper={"lambda_m": 1.0},
+        fixed={"dropout": 0.2})
+    searcher.set_search_properties(None, None, {"lambda_m": tune.uniform(0.0, 2.0)})
+    return searcher
+
+
+def _end(searcher, trial, value, epochs):
+    for epoch in range(1, epochs + 1):
+        searcher.on_trial_result(trial, {"epoch": epoch, "training_iteration": epoch,
+                                         "valid_MAE": value + (epochs - epoch) * 0.1})
+    searcher.on_trial_complete(trial, {"epoch": epochs, "training_iteration": epochs,
+                                       "valid_MAE": value})
+
+
+def test_the_reruns_are_trials_of_the_search_once_its_trials_are_proposed(tmp_path):
+    import optuna
+    from ray.tune.search import Searcher
+
+    searcher = _searcher(tmp_path)
+    proposed = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert proposed[0] == {"lambda_m": 1.0}  # the paper's trial first
+    assert searcher.suggest("r0") is None  # the paper's trial is still running
+    _end(searcher, "t0", 0.9, 4)
+    reruns = [searcher.suggest(f"r{i}") for i in range(3)]
+    # the paper's two reruns, as long as its trial ran, with the space's constants
+    assert [r["rerun"]["seeds"] for r in reruns[:2]] == [[1], [2]]
+    assert reruns[0]["rerun"]["params"] == {"dropout": 0.2, "lambda_m": 1.0}
+    assert reruns[0]["rerun"]["epochs"] == 4 and reruns[0]["lambda_m"] == 1.0
+    assert reruns[2] is None  # the others wait for every trial to end
+    _end(searcher, "t1", 0.7, 2)  # the best other, stopped early at epoch 2
+    searcher.on_trial_complete("t2", None, error=True)  # failed: never a finalist
+    for rerun in ("r0", "r1"):  # reruns tell the study nothing
+        _end(searcher, rerun, 0.1, 4)
+    others = [searcher.suggest(f"o{i}") for i in range(2)]
+    assert [o["rerun"]["trial"] for o in others] == ["t1", "t1"]
+    assert [o["rerun"]["epochs"] for o in others] == [2, 2]
+    assert others[0]["lambda_m"] == proposed[1]["lambda_m"]
+    assert searcher.suggest("o2") == Searcher.FINISHED
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(study.trials) == 3
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL", "PRUNED"]
+
+
+def test_a_resumed_search_goes_on_with_its_reruns(tmp_path):
+    from ray.tune.search import Searcher
+
+    searcher = _searcher(tmp_path, stack=True)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    _end(searcher, "t0", 0.9, 4)
+    first = searcher.suggest("r0")
+    assert first["rerun"]["seeds"] == [1, 2]  # on a GPU, one stacked trial a finalist
+    searcher.save(str(tmp_path / "searcher.pkl"))  # what Tune keeps of it
+    (tmp_path / "new").mkdir()
+    restored = _searcher(tmp_path / "new", stack=True)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("r1") is None  # the paper's reruns are out; the others wait
+    _end(restored, "t1", 0.95, 4)
+    _end(restored, "t2", 0.8, 4)
+    assert restored.suggest("o0")["rerun"]["trial"] == "t2"
+    assert restored.suggest("o1") == Searcher.FINISHED
+
+
+def test_no_finalists_no_reruns(tmp_path):
+    from ray.tune.search import Searcher
+
+    searcher = _searcher(tmp_path, finalists=0)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    _end(searcher, "t0", 0.9, 4)
+    assert searcher.suggest("r0") is None  # nothing to do, but the trials still run
+    _end(searcher, "t1", 0.9, 4)
+    _end(searcher, "t2", 0.9, 4)
+    assert searcher.suggest("r1") == Searcher.FINISHED

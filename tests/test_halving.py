@@ -108,3 +108,14 @@ def test_the_papers_trial_runs_every_epoch_and_still_counts_at_the_rungs():
     assert scheduler.rungs[2]["paper"] == 0.9  # it counts at the rung
     assert _report(scheduler, third, 2, 0.95) == STOP  # behind both others
     assert [_report(scheduler, first, epoch, 1.0) for epoch in range(3, 9)] == [CONTINUE] * 6
+
+
+def test_a_finalists_rerun_counts_at_no_rung_and_is_never_stopped():
+    paper = {"lambda_m": 1.0}
+    scheduler = FairHalving("valid_MAE", max_t=8, grace_period=2, yardstick=paper)
+    _report(scheduler, _trial("first", {"lambda_m": 0.5}), 2, 0.8)
+    rerun = _trial("rerun", {**paper, "rerun": {"trial": "paper", "seeds": [1]}})
+    assert [_report(scheduler, rerun, epoch, 2.0) for epoch in range(1, 9)] == [CONTINUE] * 8
+    assert set(scheduler.rungs[2]) == {"first"}
+    scheduler.on_trial_complete(None, rerun, {"epoch": 4, "valid_MAE": 0.1})
+    assert set(scheduler.rungs[4]) == set()

@@ -344,6 +344,8 @@ def test_a_search_writes_its_tables_and_a_usable_best_config(ray_session, tiny_m
     reran = trials
     assert set(reran["seeds"]) == {2} and len(list((experiment / "finalists").glob(
         "*.json"))) == 2
+    # as trials of the search's own experiment, which had no experiment of their own to start
+    assert not (experiment / "finalists" / "ray").exists()
     assert (reran["valid_MAE std"] > 0).all()
     # one trial ran the paper's configuration (the base config: defaults with --set)
     paper = trials[trials["paper"]]
@@ -622,8 +624,9 @@ def test_a_space_value_of_the_wrong_type_is_one_line(capsys, tiny_mosi, tmp_path
 def test_a_finalists_reruns_train_as_one_stack_where_stacks_pay(ray_session, tiny_mosi,
                                                                 tmp_path, monkeypatch):
     import tuning.finalists
+    import tuning.search
 
-    monkeypatch.setattr(tuning.finalists, "stacks_reruns", lambda resources: True)  # a GPU's
+    monkeypatch.setattr(tuning.search, "stacks_reruns", lambda resources: True)  # a GPU's
     assert _search("--data", str(tiny_mosi), *TINY_SEARCH[:-2], "--finalists", "2",
                    "--finalist-seeds", "3", "--storage", str(tmp_path), "--name", "exp") == 0
     experiment = tmp_path / "exp"

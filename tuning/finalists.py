@@ -14,6 +14,12 @@ seeds' pooled spread), and records how sure that choice is. The test split is st
 once, on the chosen trial's own checkpoint. Each rerun is written to
 ``EXPERIMENT/finalists/`` as it finishes, so an interrupted search resumed with
 ``--resume`` redoes none of them.
+
+The reruns are trials of the search's own Tune experiment (``FinalistSearch`` hands them out
+once Optuna's trials are all proposed): the paper's as soon as its trial has ended, the
+others' when every trial has, so they fill the slots the search's last trials leave idle
+and train in the processes the search already has. Any rerun still missing afterwards (an
+experiment of another version, say) trains in an experiment of its own (``rescore``).
 """
 
 from __future__ import annotations
@@ -26,11 +32,14 @@ from typing import Any
 
 import ray
 from ray.tune import Callback
+from ray.tune.search import Searcher
 
-from tuning.space import trial_overrides
+from tuning.space import RERUN_KEY, at_point, is_rerun, trial_overrides
+from tuning.study import StudySearch
 from tuning.trials import make_trainable, run_grid, stacked_seeds
 from ucrn.files import atomic_write, check_directory
 from ucrn.metrics import is_better
+from ucrn.metrics import mode as metric_mode
 
 
 def rerun_seeds(seed: int, count: int) -> list[int]:
@@ -39,12 +48,28 @@ def rerun_seeds(seed: int, count: int) -> list[int]:
     return [seed + k for k in range(1, count)]
 
 
+def most_reruns(finalists: int, finalist_seeds: int) -> int:
+    """The reruns a search may add to its trials: the paper's and the ``finalists`` others'."""
+    return (finalist_seeds - 1) * (finalists + 1) if finalists else 0
+
+
 def _key(trial: str, seed: int) -> str:
     return f"{trial[:8]}-seed{seed}"
 
 
+def finalists_folder(experiment: str) -> Path:
+    """Where each rerun's best validation score is written as it ends."""
+    return Path(experiment) / "finalists"
+
+
 def finished_reruns(folder: Path) -> dict[str, dict]:
     return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+
+
+def _finished(done: dict[str, dict], trial: str, seed: int, epochs: int) -> bool:
+    """Whether the rerun of ``trial`` from ``seed`` ran, as long as the trial did."""
+    record = done.get(_key(trial, seed))
+    return record is not None and record.get("epochs") == epochs
 
 
 def rescore(plan, resources, finalists: list[tuple[str, dict[str, Any], float, int]],
@@ -53,23 +78,38 @@ def rescore(plan, resources, finalists: list[tuple[str, dict[str, Any], float, i
 
     ``finalists`` holds (trial id, trial config, its best score, the epochs it ran) in the
     order to report; each rerun trains as many epochs as its trial ran (early stopping may have
-    stopped it), so that its seeds compare at one budget.
+    stopped it), so that its seeds compare at one budget. Reruns the search's experiment has
+    not trained (``FinalistSearch``) train here.
     """
     args = plan.args
-    folder = check_directory(Path(plan.experiment) / "finalists", "experiment")
+    folder = check_directory(finalists_folder(plan.experiment), "experiment")
     seeds = rerun_seeds(args.seed, args.finalist_seeds)
     done = finished_reruns(folder)
     pending = [{"trial": trial, "seed": seed, "params": config, "epochs": epochs}
                for trial, config, _, epochs in finalists for seed in seeds
-               if _key(trial, seed) not in done]
+               if not _finished(done, trial, seed, epochs)]
     if pending:
-        say(f"finalists: {len(finalists)} trial(s) again with {len(seeds)} other seed(s) each "
-            f"({len(pending)} run(s)), to choose on the mean over {len(seeds) + 1} seeds")
+        say(f"finalists: {len(pending)} more run(s) of {len(finalists)} trial(s) from other "
+            f"seeds, to choose on the mean over {len(seeds) + 1} seeds")
         _train(plan, resources, pending, folder)
         done = finished_reruns(folder)
     return {trial: {args.seed: own, **{seed: done[_key(trial, seed)]["value"] for seed in seeds
-                                       if _key(trial, seed) in done}}
-            for trial, _, own, _ in finalists}
+                                       if _finished(done, trial, seed, epochs)}}
+            for trial, _, own, epochs in finalists}
+
+
+def rerun_overrides(trial: dict[str, Any], base) -> dict[str, Any]:
+    """A rerun's ``ucrn`` overrides: its finalist's settings and its own seed, for as many
+    epochs as the finalist's trial ran (patience as long: it selects on validation alone)."""
+    rerun = trial[RERUN_KEY]
+    return {**trial_overrides(rerun["params"], base), "seed": rerun["seed"],
+            "epochs": rerun["epochs"], "patience": rerun["epochs"]}
+
+
+def rerun_runs(trial: dict[str, Any]) -> list[dict[str, Any]]:
+    """A rerun trial's runs, one a seed (several train as one stack)."""
+    rerun = trial[RERUN_KEY]
+    return [{RERUN_KEY: {**rerun, "seed": seed}} for seed in rerun["seeds"]]
 
 
 def _train(plan, resources, pending: list[dict], folder: Path) -> None:
@@ -79,16 +119,12 @@ def _train(plan, resources, pending: list[dict], folder: Path) -> None:
     base, metric = plan.base, plan.metric
     trainable = make_trainable(
         base, ray.put(plan.dataset), resources, str(folder / "ray" / "train"),
-        overrides_of=lambda trial: {**trial_overrides(trial["rerun"]["params"], base),
-                                    "seed": trial["rerun"]["seed"],
-                                    "epochs": trial["rerun"]["epochs"],
-                                    "patience": trial["rerun"]["epochs"]},
-        run_name_of=lambda trial, _: _key(trial["rerun"]["trial"], trial["rerun"]["seed"]),
-        stack_of=lambda trial: [{"rerun": {**trial["rerun"], "seed": seed}}
-                                for seed in trial["rerun"]["seeds"]],
+        overrides_of=lambda trial: rerun_overrides(trial, base),
+        run_name_of=lambda trial, _: _key(trial[RERUN_KEY]["trial"], trial[RERUN_KEY]["seed"]),
+        stack_of=rerun_runs,
     )
     pending = stacked_reruns(pending, len(pending) if stacks_reruns(resources) else 1)
-    run_grid(trainable, "rerun", pending, name="reruns", storage=str(folder / "ray"),
+    run_grid(trainable, RERUN_KEY, pending, name="reruns", storage=str(folder / "ray"),
              resources=resources, args=plan.args,
              callbacks=[BestOfRun(folder, metric)], how_to_continue="continue with --resume")
 
@@ -104,37 +140,116 @@ def stacked_reruns(pending: list[dict], stack: int) -> list[dict]:
     return stacked_seeds(pending, "trial", stack)
 
 
+class FinalistSearch(StudySearch):
+    """The search's searcher: Optuna's ``trials`` (``StudySearch``), then the finalists'
+    reruns as trials of the same experiment, then ``Searcher.FINISHED``.
+
+    The paper's reruns are handed out once its trial has ended (it is never stopped early),
+    the ``finalists`` best others' once every trial has, ranked as trials.csv ranks them
+    (the best score at the best epoch; trials that failed or scored nothing left out); each
+    trains as many epochs as its trial ran. Reruns tell the study nothing. All of it is part
+    of the searcher's saved state, so ``--resume`` goes on where the search was.
+    """
+
+    def __init__(self, *, finalists: int, finalist_seeds: int, stack: bool,
+                 paper: dict[str, Any] | None, fixed: dict[str, Any], trials: int, seed: int,
+                 **kwargs: Any):
+        super().__init__(trials=trials, seed=seed, **kwargs)
+        self._trials, self._finalists, self._stack = trials, finalists, stack
+        self._seeds = rerun_seeds(seed, finalist_seeds) if finalists else []
+        self._paper, self._fixed = paper, fixed  # the paper's point; the space's constants
+        self._proposed: dict[str, dict[str, Any]] = {}  # trial → the settings proposed
+        self._epochs_ran: dict[str, int] = {}
+        self._ended: dict[str, tuple[float, int] | None] = {}  # → (best score, epochs) or None
+        self._queue: list[dict[str, Any]] = []
+        self._planned: set[str] = set()  # "paper" and "others" once their reruns are queued
+        self.reruns: dict[str, dict[str, Any]] = {}  # rerun trial → its rerun
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if len(self._proposed) < self._trials:
+            config = super().suggest(trial_id)
+            if isinstance(config, dict):
+                self._proposed[trial_id] = config
+            return config
+        self._plan_reruns()
+        if self._queue:
+            rerun = self.reruns[trial_id] = self._queue.pop(0)
+            return {**rerun["params"], RERUN_KEY: rerun}
+        return Searcher.FINISHED if self._planned >= {"paper", "others"} else None
+
+    def _plan_reruns(self) -> None:
+        if "paper" not in self._planned:
+            paper = next((trial for trial, config in self._proposed.items()
+                          if at_point(config, self._paper)), None)
+            if paper is None or paper in self._ended:
+                self._planned.add("paper")
+                self._queue_reruns([paper] if paper and self._ended[paper] else [])
+        if "others" not in self._planned and len(self._ended) >= self._trials:
+            self._planned.add("others")
+            sign = 1 if metric_mode(self._metrics[0]) == "min" else -1
+            scored = [trial for trial, ended in self._ended.items() if ended is not None
+                      and not at_point(self._proposed[trial], self._paper)]
+            scored.sort(key=lambda trial: sign * self._ended[trial][0])
+            self._queue_reruns(scored[:self._finalists])
+
+    def _queue_reruns(self, trials: list[str]) -> None:
+        pending = [{"trial": trial, "seed": seed, "epochs": self._ended[trial][1],
+                    "params": {**self._fixed, **self._proposed[trial]}}
+                   for trial in trials for seed in self._seeds]
+        self._queue += stacked_reruns(pending, len(self._seeds) if self._stack else 1)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.reruns:
+            return
+        if "epoch" in result:
+            self._epochs_ran[trial_id] = int(result["epoch"])
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self.reruns:
+            return
+        super().on_trial_complete(trial_id, result, error)
+        if result and "epoch" in result:
+            self._epochs_ran[trial_id] = int(result["epoch"])
+        best = (self._best.get(trial_id) or {}).get(self._metrics[0])
+        scored = not error and best is not None and math.isfinite(best)
+        self._ended[trial_id] = (float(best), self._epochs_ran.get(trial_id, 0)) if scored else None
+
+
 class BestOfRun(Callback):
     """Keeps each rerun's best validation score over its epochs, and writes it when the
-    rerun ends."""
+    rerun ends (other trials of the experiment are not its business)."""
 
     def __init__(self, folder: Path, metric: str):
         self.folder, self.metric = folder, metric
         self.best: dict[str, tuple[float, int]] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not is_rerun(trial.config):
+            return
         value = result.get(self.metric)
         kept = self.best.get(trial.trial_id)
         if value is not None and is_better(self.metric, value, kept[0] if kept else None):
             self.best[trial.trial_id] = (float(value), int(result.get("epoch", 0)))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if not trial.last_result.get("done"):
-            return  # stopped before its end (Ctrl-C, a stall): still to do
-        rerun = trial.config["rerun"]
+        if not is_rerun(trial.config) or not trial.last_result.get("done"):
+            return  # not a rerun; or stopped before its end (Ctrl-C, a stall): still to do
+        rerun = trial.config[RERUN_KEY]
         if stacked := trial.last_result.get("run_records"):  # several seeds, one stack
             for seed, text in zip(rerun["seeds"], json.loads(stacked), strict=True):
                 record = json.loads(text)
                 if "valid" in record:  # not stopped by a non-finite loss
                     name = self.metric.removeprefix("valid_")
-                    self._write(rerun["trial"], seed, record["valid"][name],
-                                record["best_epoch"])
+                    self._write(rerun, seed, record["valid"][name], record["best_epoch"])
         elif trial.trial_id in self.best:
-            self._write(rerun["trial"], rerun["seeds"][0], *self.best[trial.trial_id])
+            self._write(rerun, rerun["seeds"][0], *self.best[trial.trial_id])
 
-    def _write(self, trial: str, seed: int, value: float, epoch: int) -> None:
-        record = {"trial": trial, "seed": seed, "value": value, "best_epoch": epoch}
-        atomic_write(self.folder / f"{_key(trial, seed)}.json",
+    def _write(self, rerun: dict[str, Any], seed: int, value: float, epoch: int) -> None:
+        record = {"trial": rerun["trial"], "seed": seed, "value": value, "best_epoch": epoch,
+                  "epochs": rerun["epochs"]}
+        atomic_write(self.folder / f"{_key(rerun['trial'], seed)}.json",
                      lambda path: Path(path).write_text(json.dumps(record) + "\n"))
 
 

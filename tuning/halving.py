@@ -11,7 +11,9 @@ then is held to the same rule as they are; no trial waits (nothing is paused).
 
 One trial may be the yardstick: the paper's, against which ``best.json`` is judged
 (``tuning.finalists``). It counts at every rung but is never stopped, so the finalists
-compare with it at the search's whole trial length.
+compare with it at the search's whole trial length. The finalists' reruns
+(``tuning.space.is_rerun``) are not part of the field: they run their whole length and count
+at no rung.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from tuning.space import at_point
+from tuning.space import at_point, is_rerun
 from ucrn.metrics import is_better
 
 
@@ -45,18 +47,22 @@ class FairHalving(FIFOScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         """A trial restored by ``--resume`` brings back the rungs it had reached."""
+        if is_rerun(getattr(trial, "config", None)):
+            return
         for result in _reported(trial):
             self._record(trial.trial_id, result)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        config = getattr(trial, "config", None)
+        if is_rerun(config):
+            return TrialScheduler.CONTINUE
         self._record(trial.trial_id, result)
-        if at_point(getattr(trial, "config", None), self.yardstick) or not self.outranked(
-                trial.trial_id):
+        if at_point(config, self.yardstick) or not self.outranked(trial.trial_id):
             return TrialScheduler.CONTINUE
         return TrialScheduler.STOP
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        if result:
+        if result and not is_rerun(getattr(trial, "config", None)):
             self._record(trial.trial_id, result)
 
     def _record(self, trial_id: str, result: dict) -> None:

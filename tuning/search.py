@@ -29,7 +29,19 @@ from rich.console import Console
 
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.figures import pareto_plot
-from tuning.finalists import choose, decision_line, rescore, summary
+from tuning.finalists import (
+    BestOfRun,
+    FinalistSearch,
+    choose,
+    decision_line,
+    finalists_folder,
+    most_reruns,
+    rerun_overrides,
+    rerun_runs,
+    rescore,
+    stacks_reruns,
+    summary,
+)
 from tuning.halving import FairHalving
 from tuning.progress import (
     Interruption,
@@ -39,9 +51,15 @@ from tuning.progress import (
     check_ran_to_end,
 )
 from tuning.ray_start import sharing_note, start_ray
-from tuning.space import at_point, base_point, load_space, to_tune, trial_overrides
+from tuning.space import (
+    at_point,
+    base_point,
+    is_rerun,
+    load_space,
+    to_tune,
+    trial_overrides,
+)
 from tuning.study import (
-    StudySearch,
     check_same_objectives,
     check_study_url,
     dashboard_command,
@@ -324,19 +342,25 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
     """The Tune experiment: a new one, or the interrupted one restored (``--resume``)."""
 
     args, base = plan.args, plan.base
-    trainable = make_trainable(base, ray.put(plan.dataset), resources,
-                               f"{plan.experiment}/train",
-                               overrides_of=lambda trial: trial_overrides(trial, base))
+    trainable = make_trainable(
+        base, ray.put(plan.dataset), resources, f"{plan.experiment}/train",
+        overrides_of=lambda trial: (rerun_overrides(trial, base) if is_rerun(trial)
+                                    else trial_overrides(trial, base)),
+        stack_of=lambda trial: rerun_runs(trial) if is_rerun(trial) else [trial])
     if args.resume:
         return tune.Tuner.restore(plan.experiment, trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
     storage = plan.experiment.rsplit("/", 1)[0]
     if plan.study is not None and not args.study_storage:
         Path(plan.experiment).mkdir(parents=True, exist_ok=True)  # study.db goes in it
-    searcher = StudySearch(url=plan.study, study_name=plan.name, metrics=list(plan.metrics),
-                           epochs=args.epochs, seed=args.seed, concurrent=resources.concurrent,
-                           trials=args.num_samples,
-                           points_to_evaluate=[plan.base_point] if plan.base_point else None)
+    finalists = check_directory(finalists_folder(plan.experiment), "experiment")
+    searcher = FinalistSearch(
+        url=plan.study, study_name=plan.name, metrics=list(plan.metrics), epochs=args.epochs,
+        seed=args.seed, concurrent=resources.concurrent, trials=args.num_samples,
+        points_to_evaluate=[plan.base_point] if plan.base_point else None,
+        finalists=args.finalists, finalist_seeds=args.finalist_seeds,
+        stack=stacks_reruns(resources), paper=plan.base_point,
+        fixed={key: entry for key, entry in plan.space.items() if not isinstance(entry, dict)})
     return tune.Tuner(
         trainable,
         param_space=to_tune(plan.space),
@@ -346,13 +370,14 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
             search_alg=searcher,
             scheduler=FairHalving(plan.metric, max_t=args.epochs,
                                   grace_period=args.grace_period, yardstick=plan.base_point),
-            num_samples=args.num_samples, max_concurrent_trials=resources.concurrent,
+            num_samples=args.num_samples + most_reruns(args.finalists, args.finalist_seeds),
+            max_concurrent_trials=resources.concurrent,
             reuse_actors=resources.reuse_processes,
         ),
         run_config=tune.RunConfig(
             name=plan.name, storage_path=storage, verbose=0, stop=ProgressWatch(args.stall_minutes),
             callbacks=[LiveTrialTable(plan.metric, searched, args.epochs), TrialUserErrors(),
-                       InterruptionRecord(), *waits],
+                       InterruptionRecord(), BestOfRun(finalists, plan.metric), *waits],
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -364,15 +389,17 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], resources,
     """trials.csv; the finalists again over seeds; the chosen trial's selected checkpoint
     scored on test once; best.json and best/; the summary on the terminal."""
 
+    searched_trials = [(trial, r) for trial, r in zip(grid._experiment_analysis.trials, grid,
+                                                      strict=True) if not is_rerun(r.config)]
     results = [(trial.trial_id, _status(trial, r), r.config, r.metrics_dataframe)
-               for trial, r in zip(grid._experiment_analysis.trials, grid, strict=True)]
+               for trial, r in searched_trials]
     table = trial_rows(results, plan.metrics, searched)
     paper = _paper_trial(results, plan.base_point)
     table.insert(2, "paper", table["trial"] == (paper or "")[:8])
     _write_text(plan.experiment, "trials.csv", table.to_csv(index=False))
-    check_ran_to_end(grid.num_terminated + grid.num_errors, plan.args.num_samples,
-                     "continue with --resume")
-    if not any(r.metrics and plan.metric in r.metrics for r in grid):
+    check_ran_to_end(sum(trial.status in ("TERMINATED", "ERROR") for trial, _ in searched_trials),
+                     plan.args.num_samples, "continue with --resume")
+    if not any(r.metrics and plan.metric in r.metrics for _, r in searched_trials):
         raise UcrnError(f"no trial reported {plan.metric}; see the trial logs in "
                         f"{plan.experiment}")
     by_seed = _finalist_scores(plan, grid, table, results, resources)
@@ -392,7 +419,7 @@ def _record_search(plan: SearchPlan, grid, searched: list[str], resources,
         "search": {"experiment": plan.experiment, "trial": _trial_id(best),
                    "metric": plan.metric, "mode": plan.mode, "best_epoch": state.best_epoch,
                    "trial_epochs": trial_epochs,
-                   "trials": len(grid), "seconds": seconds, **_objectives_record(plan),
+                   "trials": len(results), "seconds": seconds, **_objectives_record(plan),
                    "paper_trial": _paper_record(table, paper, plan.metric),
                    "seeds": _seeds_record(by_seed, _trial_id(best), plan.metric, decision)},
         "metrics": {"valid": result.valid, "test": test},

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from tuning.space import RERUN_KEY
 from ucrn.metrics import is_better, mode
 
 SHORT_NAMES = {
@@ -119,12 +120,15 @@ class LiveTrialTable(Callback):
             self._live.update(self._render())
 
     def _row(self, trial, status: str) -> dict[str, Any]:
+        """A trial's row; a finalist's rerun shows under its finalist, with its seeds."""
+        rerun = trial.config.get(RERUN_KEY)
         row = self.rows.setdefault(trial.trial_id, {
-            "trial": trial.trial_id[:8], "status": status, "epoch": 0,
-            "last": float("nan"), "best": float("nan"),
+            "trial": (rerun["trial"] if rerun else trial.trial_id)[:8], "status": status,
+            "epoch": 0, "last": float("nan"), "best": float("nan"),
             **{key: trial.config.get(key) for key in self.hyperparameters},
         })
-        row["status"] = status
+        seeds = f" (rerun, seed {', '.join(map(str, rerun['seeds']))})" if rerun else ""
+        row["status"] = status + seeds
         return row
 
     def on_trial_start(self, iteration, trials, trial, **info):
