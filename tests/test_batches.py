@@ -107,3 +107,25 @@ def test_a_real_file_batches_without_python_per_sample(tiny_mosi):
     train = load_dataset(tiny_mosi).split("train")
     batches = list(iterate_batches(train, train.labels[:, 0], train.labels, 16))
     assert sum(len(b.targets) for b in batches) == len(train)
+
+
+def test_feature_moments_are_taken_once_for_the_same_unchanged_tensors(monkeypatch):
+    import ucrn.data.batches as batches
+
+    split = _split()
+    passes = []
+    real = batches._moments
+    monkeypatch.setattr(batches, "_moments", lambda x, valid: passes.append(1) or real(x, valid))
+    first = batches.feature_moments(split, "a")
+    first[0].add_(1.0)  # a caller's copy: what is kept stays as it was
+    again = batches.feature_moments(split, "a")
+    assert len(passes) == 1
+    assert torch.allclose(again[0], first[0] - 1.0) and torch.equal(again[1], first[1])
+    valid = (torch.arange(6) < split.lengths["a"][:, None]).unsqueeze(-1)
+    steps = split.features["a"][valid.expand_as(split.features["a"])].view(-1, 3)
+    assert torch.allclose(again[0], steps.mean(0), atol=1e-6)
+    split.features["a"].mul_(2.0)  # changed in place: taken again
+    assert torch.allclose(batches.feature_moments(split, "a")[0], 2 * again[0], atol=1e-6)
+    other = _split()  # equal values, other tensors
+    batches.feature_moments(other, "a")
+    assert len(passes) == 3

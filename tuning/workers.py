@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,10 +103,24 @@ def check_device(loop_config: dict[str, Any], config, dataset, device: torch.dev
     check_fits_gpu(need, max(1, math.floor(1.0 / share + 1e-9)), where, device)
 
 
+_DATA: dict[str, Any] = {}  # the data of this process's last trial, by its object's id
+
+
+def _shared_data(reference: ray.ObjectRef) -> Any:
+    """The data behind ``reference``, fetched once by a process that trains one trial after
+    another (Tune's reused trial processes): its later trials then also reuse what was
+    worked out from the same tensors (``ucrn.data.batches.feature_moments``)."""
+    key = reference.hex()
+    if key not in _DATA:
+        _DATA.clear()  # one data set at a time
+        _DATA[key] = ray.get(reference)
+    return _DATA[key]
+
+
 def _set_up(loop_config: dict[str, Any], config, device: torch.device) -> tuple[Any, str]:
     """A trial's threads, its data and its node, with its device checked: (data, node id)."""
     torch.set_num_threads(loop_config["threads"])
-    dataset = ray.get(loop_config["data"][0])
+    dataset = _shared_data(loop_config["data"][0])
     node_id = ray.get_runtime_context().get_node_id()
     check_device(loop_config, config, dataset, device,
                  f"node {ray.util.get_node_ip_address()} (id {node_id})")
@@ -164,16 +179,30 @@ def train_stack_in_trial(loop_config: dict[str, Any]) -> None:
     device = torch.device("cuda" if loop_config["use_gpu"] else "cpu")
     dataset, node_id = _set_up(loop_config, configs[0], device)
 
+    means: dict[str, float] = {}  # the last epoch's, which the final report repeats
+
     def on_epoch(stack: ModelStack) -> None:
+        means.update(stack_means(stack))
         ray.tune.report({"epoch": stack.epoch, "models_training": len(stack.active),
-                         "node_id": node_id})
+                         "node_id": node_id, **means})
 
     results = fit_stack(configs, dataset, device=device, score_test=False, on_epoch=on_epoch)
     records = [json.dumps(_stacked_record(result, scoring, dataset, device))
                for result, scoring in zip(results, loop_config["final_scorings"], strict=True)]
     epochs = max((r.epochs_run for r in results if not isinstance(r, UcrnError)), default=0)
     ray.tune.report({"epoch": epochs, "models_training": 0, "node_id": node_id,
-                     "run_records": json.dumps(records)})
+                     "run_records": json.dumps(records), **means})
+
+
+def stack_means(stack: ModelStack) -> dict[str, float]:
+    """Each validation metric's mean over the stack's runs that trained this epoch: what a
+    stacked trial reports each epoch, as a one-run trial reports its own (a search's
+    scheduler and searcher expect their metric in every result)."""
+    latest = [member.state.history[-1] for member in stack.members
+              if member.error is None and member.state.history
+              and member.state.history[-1]["epoch"] == stack.epoch]
+    names = [key for key in (latest[0] if latest else {}) if key.startswith("valid_")]
+    return {name: statistics.fmean(epoch[name] for epoch in latest) for name in names}
 
 
 def _stacked_record(result, scoring: dict[str, Any] | None, dataset, device) -> dict:
