@@ -594,6 +594,34 @@ def test_ctrl_c_at_any_moment_exits_130_scores_nothing_and_resumes(tiny_mosi, tm
         "chosen"]["seeds"] == 3
 
 
+def _rerun_reported(experiment: Path) -> bool:
+    return any('"rerun"' in r.read_text() for r in experiment.glob("*/result.json"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_finalists_rerun_resumes_with_the_reruns_left(tiny_mosi, tmp_path):
+    command = [*SEARCH, "--data", str(tiny_mosi), *INTERRUPTED_SEARCH, "--storage",
+               str(tmp_path), "--name", "exp"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    experiment = tmp_path / "exp"
+    _wait_for(lambda: _rerun_reported(experiment), driver, "a rerun's first epoch")
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=180)
+    assert driver.returncode == 130, err[-2000:]
+    assert not (experiment / "best.json").exists()
+    assert len(list((experiment / "finalists").glob("*.json"))) < 4
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = pd.read_csv(experiment / "trials.csv")
+    assert len(trials) == 2 and set(trials["status"]) == {"done"}  # no rerun among them
+    assert set(trials["seeds"]) == {3}
+    reruns = [json.loads(p.read_text()) for p in (experiment / "finalists").glob("*.json")]
+    assert len(reruns) == 4 and {r["epochs"] for r in reruns} == {6}
+    assert not (experiment / "finalists" / "ray").exists()  # all in the search's experiment
+
+
 def test_the_paper_trial_can_be_left_out(tiny_mosi, tmp_path):
     from tuning.search import plan_search
 
