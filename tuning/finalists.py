@@ -209,9 +209,7 @@ class FinalistSearch(StudySearch):
                           error: bool = False) -> None:
         if trial_id in self.reruns:
             return
-        super().on_trial_complete(trial_id, result, error)
-        if result and "epoch" in result:
-            self._epochs_ran[trial_id] = int(result["epoch"])
+        super().on_trial_complete(trial_id, result, error)  # its last epoch seen, if unseen
         best = (self._best.get(trial_id) or {}).get(self._metrics[0])
         scored = not error and best is not None and math.isfinite(best)
         self._ended[trial_id] = (float(best), self._epochs_ran.get(trial_id, 0)) if scored else None

@@ -237,9 +237,8 @@ def _holds(entry: Any, value: Any) -> bool:
 
 def at_point(config: dict[str, Any] | None, point: dict[str, Any] | None) -> bool:
     """Whether a trial's ``config`` holds every value of ``point`` (the paper's trial is the
-    one at ``base_point``); never for no point, nor for a rerun of a finalist."""
-    return (bool(point) and not is_rerun(config)
-            and all((config or {}).get(key) == value for key, value in point.items()))
+    one at ``base_point``); never for no point."""
+    return bool(point) and all((config or {}).get(key) == value for key, value in point.items())
 
 
 RERUN_KEY = "rerun"  # in a trial's config: the trial trains a finalist again (tuning.finalists)
