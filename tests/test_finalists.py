@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tuning.finalists import choose, decision_line, pooled_std, rerun_seeds, student_t_cdf
+from tuning.finalists import (
+    choose,
+    decision_line,
+    next_reruns,
+    pooled_std,
+    rerun_seeds,
+    student_t_cdf,
+)
 
 PAPER = "paper0001xyz"
 OTHER = "other0002xyz"
@@ -81,7 +88,8 @@ def _searcher(tmp_path, finalists=1, stack=False):
     searcher = FinalistSearch(
         url=f"sqlite:///{tmp_path / 'study.db'}", study_name="s", metrics=["valid_MAE"],
         epochs=4, seed=0, concurrent=2, trials=3, points_to_evaluate=[{"lambda_m": 1.0}],
-        finalists=finalists, finalist_seeds=3, stack=stack, paper={"lambda_m": 1.0},
+        finalists=finalists, finalist_seeds=3, confidence=0.9, stack=stack,
+        paper={"lambda_m": 1.0},
         fixed={"dropout": 0.2})
     searcher.set_search_properties(None, None, {"lambda_m": tune.uniform(0.0, 2.0)})
     return searcher
@@ -104,24 +112,71 @@ def test_the_reruns_are_trials_of_the_search_once_its_trials_are_proposed(tmp_pa
     assert proposed[0] == {"lambda_m": 1.0}  # the paper's trial first
     assert searcher.suggest("r0") is None  # the paper's trial is still running
     _end(searcher, "t0", 0.9, 4)
-    reruns = [searcher.suggest(f"r{i}") for i in range(3)]
-    # the paper's two reruns, as long as its trial ran, with the space's constants
-    assert [r["rerun"]["seeds"] for r in reruns[:2]] == [[1], [2]]
-    assert reruns[0]["rerun"]["params"] == {"dropout": 0.2, "lambda_m": 1.0}
-    assert reruns[0]["rerun"]["epochs"] == 4 and reruns[0]["lambda_m"] == 1.0
-    assert reruns[2] is None  # the others wait for every trial to end
+    first = searcher.suggest("r0")
+    # the paper's first rerun, as long as its trial ran, with the space's constants
+    assert first["rerun"]["seeds"] == [1] and first["rerun"]["epochs"] == 4
+    assert first["rerun"]["params"] == {"dropout": 0.2, "lambda_m": 1.0}
+    assert first["lambda_m"] == 1.0
+    assert searcher.suggest("r1") is None  # its next seed waits for the race's first round
     _end(searcher, "t1", 0.7, 2)  # the best other, stopped early at epoch 2
     searcher.on_trial_complete("t2", None, error=True)  # failed: never a finalist
-    for rerun in ("r0", "r1"):  # reruns tell the study nothing
-        _end(searcher, rerun, 0.1, 4)
-    others = [searcher.suggest(f"o{i}") for i in range(2)]
-    assert [o["rerun"]["trial"] for o in others] == ["t1", "t1"]
-    assert [o["rerun"]["epochs"] for o in others] == [2, 2]
-    assert others[0]["lambda_m"] == proposed[1]["lambda_m"]
-    assert searcher.suggest("o2") == Searcher.FINISHED
+    other = searcher.suggest("o0")
+    assert other["rerun"]["trial"] == "t1" and other["rerun"]["seeds"] == [1]
+    assert other["rerun"]["epochs"] == 2 and other["lambda_m"] == proposed[1]["lambda_m"]
+    _end(searcher, "r0", 0.92, 4)  # reruns tell the study nothing
+    assert searcher.suggest("r1") is None  # the round goes on until each of its runs ends
+    _end(searcher, "o0", 0.72, 2)
+    # The challenger leads by far more than the seeds' spread: both go on to a third seed.
+    second = [searcher.suggest(f"s{i}") for i in range(3)]
+    assert [(s["rerun"]["trial"], s["rerun"]["seeds"]) for s in second[:2]] == [
+        ("t0", [2]), ("t1", [2])]
+    assert second[2] is None
+    _end(searcher, "s0", 0.91, 4)
+    _end(searcher, "s1", 0.71, 2)
+    assert searcher.suggest("s3") == Searcher.FINISHED  # every seed ran
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert len(study.trials) == 3
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL", "PRUNED"]
+
+
+def test_a_challenger_the_first_seeds_rule_out_ends_the_race(tmp_path):
+    from ray.tune.search import Searcher
+
+    searcher = _searcher(tmp_path)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    _end(searcher, "t0", 0.80, 4)
+    _end(searcher, "t1", 0.95, 4)
+    _end(searcher, "t2", 1.10, 4)
+    rounds = [searcher.suggest(f"r{i}") for i in range(3)]
+    assert [r["rerun"]["trial"] for r in rounds[:2]] == ["t0", "t1"] and rounds[2] is None
+    _end(searcher, "r0", 0.81, 4)
+    _end(searcher, "r1", 0.96, 4)  # worse by 0.15 on a spread of 0.01
+    assert searcher.suggest("r2") == Searcher.FINISHED  # neither needs a third seed
+
+
+@pytest.mark.parametrize(("challenger", "wanted"), [
+    ([0.95, 0.96], []),  # ruled out: at most 10 % likely to be better
+    ([0.80, 0.83], [("p", 2), ("c", 2)]),  # better: a third seed each
+    ([0.84, 0.90], [("p", 2), ("c", 2)]),  # worse, but within the noise
+])
+def test_the_race_drops_a_challenger_the_seeds_rule_out(challenger, wanted):
+    scores = {"p": {0: 0.85, 1: 0.87}, "c": dict(enumerate(challenger))}
+    assert next_reruns(scores, "p", ["c"], [1, 2], "min", 0.9, racing=True) == wanted
+
+
+def test_a_race_round_waits_for_its_runs_and_no_race_asks_for_every_seed():
+    first = {"p": {0: 0.85}, "c": {0: 0.95}}
+    assert next_reruns(first, "p", ["c"], [1, 2], "min", 0.9, racing=True) == [
+        ("p", 1), ("c", 1)]
+    half = {"p": {0: 0.85, 1: 0.86}, "c": {0: 0.95}}
+    assert next_reruns(half, "p", ["c"], [1, 2], "min", 0.9, racing=True) == [("c", 1)]
+    every = [("p", 1), ("p", 2), ("c", 1), ("c", 2)]
+    assert next_reruns(first, "p", ["c"], [1, 2], "min", 0.9, racing=False) == every
+    assert next_reruns(first, "p", ["c"], [1, 2], "min", 0.0, racing=True) == every
+    failed = {"p": {0: 0.85, 1: None}, "c": {0: 0.86, 1: 0.84}}  # a rerun without a score
+    assert next_reruns(failed, "p", ["c"], [1, 2], "min", 0.9, racing=True) == [
+        ("p", 2), ("c", 2)]
 
 
 def test_a_resumed_search_goes_on_with_its_reruns(tmp_path):

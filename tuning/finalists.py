@@ -53,6 +53,52 @@ def most_reruns(finalists: int, finalist_seeds: int) -> int:
     return (finalist_seeds - 1) * (finalists + 1) if finalists else 0
 
 
+def next_reruns(scores: dict[str, dict[int, float | None]], paper: str | None,
+                challengers: list[str], seeds: list[int], mode: str, confidence: float,
+                racing: bool) -> list[tuple[str, int]]:
+    """The (finalist, seed) reruns still to train: those not in ``scores``, which holds each
+    finalist's scores by seed so far, its own trial's included (None: a rerun that ended
+    without one).
+
+    Without racing, every rerun seed of every finalist. Racing (the paper's trial among the
+    finalists, a ``confidence`` asked): one round of seeds at a time, and after each round a
+    challenger drops out once the t test says it is at most 1 − ``confidence`` likely to be
+    better than the paper's configuration on the mean over its seeds so far (for it to be
+    chosen, that chance must reach ``confidence``); with none left, the paper's configuration
+    needs no more seeds either. A round's reruns are returned until each has ended, so the
+    next round waits for them.
+    """
+    def missing(trials: list[str], wanted: list[int]) -> list[tuple[str, int]]:
+        return [(trial, seed) for trial in trials for seed in wanted
+                if seed not in scores.get(trial, {})]
+
+    if not (racing and paper is not None and challengers and confidence > 0):
+        return missing(([paper] if paper is not None else []) + list(challengers), seeds)
+    live = list(challengers)
+    for rounds, seed in enumerate(seeds):
+        if rounds:  # the rounds so far have all ended
+            later = set(seeds[rounds:])
+            known = {trial: [value for ran, value in scores[trial].items()
+                             if value is not None and ran not in later]
+                     for trial in [paper, *live]}
+            live = [trial for trial in live
+                    if not _ruled_out(known, paper, trial, mode, confidence)]
+            if not live:
+                return []
+        if wanted := missing([paper, *live], [seed]):
+            return wanted
+    return []
+
+
+def _ruled_out(known: dict[str, list[float]], paper: str, challenger: str, mode: str,
+               confidence: float) -> bool:
+    """Whether the t test gives ``challenger`` at most 1 − ``confidence`` to be better."""
+    if not known[paper] or not known[challenger]:
+        return False
+    sure = chance_better(known, paper, challenger, mode)[3]
+    return sure is not None and sure <= 1 - confidence
+
+
 def _key(trial: str, seed: int) -> str:
     return f"{trial[:8]}-seed{seed}"
 
@@ -73,29 +119,43 @@ def _finished(done: dict[str, dict], trial: str, seed: int, epochs: int) -> bool
 
 
 def rescore(plan, resources, finalists: list[tuple[str, dict[str, Any], float, int]],
-            say) -> dict[str, dict[int, float]]:
+            paper: str | None, say) -> dict[str, dict[int, float]]:
     """Each finalist's validation score by seed: its own trial's first, then its reruns'.
 
     ``finalists`` holds (trial id, trial config, its best score, the epochs it ran) in the
-    order to report; each rerun trains as many epochs as its trial ran (early stopping may have
-    stopped it), so that its seeds compare at one budget. Reruns the search's experiment has
-    not trained (``FinalistSearch``) train here.
+    order to report, ``paper`` the paper's among them; each rerun trains as many epochs as its
+    trial ran (early stopping may have stopped it), so that its seeds compare at one budget.
+    Reruns the search's experiment has not trained (``FinalistSearch``) train here, round by
+    round as ``next_reruns`` asks for them.
     """
     args = plan.args
     folder = check_directory(finalists_folder(plan.experiment), "experiment")
     seeds = rerun_seeds(args.seed, args.finalist_seeds)
-    done = finished_reruns(folder)
-    pending = [{"trial": trial, "seed": seed, "params": config, "epochs": epochs}
-               for trial, config, _, epochs in finalists for seed in seeds
-               if not _finished(done, trial, seed, epochs)]
-    if pending:
-        say(f"finalists: {len(pending)} more run(s) of {len(finalists)} trial(s) from other "
-            f"seeds, to choose on the mean over {len(seeds) + 1} seeds")
-        _train(plan, resources, pending, folder)
+    by_trial = {trial: (config, own, epochs) for trial, config, own, epochs in finalists}
+    tried: set[tuple[str, int]] = set()
+
+    def scores() -> dict[str, dict[int, float]]:
         done = finished_reruns(folder)
-    return {trial: {args.seed: own, **{seed: done[_key(trial, seed)]["value"] for seed in seeds
-                                       if _finished(done, trial, seed, epochs)}}
-            for trial, _, own, epochs in finalists}
+        return {trial: {args.seed: own, **{seed: done[_key(trial, seed)]["value"]
+                                           for seed in seeds
+                                           if _finished(done, trial, seed, epochs)}}
+                for trial, (_, own, epochs) in by_trial.items()}
+
+    while True:
+        so_far = scores()
+        for trial, seed in tried:  # trained without a score: not asked for again
+            so_far[trial].setdefault(seed, None)
+        wanted = next_reruns(so_far, paper, [t for t in by_trial if t != paper], seeds,
+                             plan.mode, args.confidence, racing=not stacks_reruns(resources))
+        if not wanted:
+            return {trial: {seed: value for seed, value in values.items() if value is not None}
+                    for trial, values in so_far.items()}
+        say(f"finalists: {len(wanted)} more run(s) of {len({t for t, _ in wanted})} trial(s) "
+            f"from other seeds, to choose on the mean over up to {len(seeds) + 1} seeds")
+        tried |= set(wanted)
+        _train(plan, resources, [{"trial": trial, "seed": seed, "params": by_trial[trial][0],
+                                  "epochs": by_trial[trial][2]} for trial, seed in wanted],
+               folder)
 
 
 def rerun_overrides(trial: dict[str, Any], base) -> dict[str, Any]:
@@ -144,25 +204,32 @@ class FinalistSearch(StudySearch):
     """The search's searcher: Optuna's ``trials`` (``StudySearch``), then the finalists'
     reruns as trials of the same experiment, then ``Searcher.FINISHED``.
 
-    The paper's reruns are handed out once its trial has ended (it is never stopped early),
-    the ``finalists`` best others' once every trial has, ranked as trials.csv ranks them
-    (the best score at the best epoch; trials that failed or scored nothing left out); each
-    trains as many epochs as its trial ran. Reruns tell the study nothing. All of it is part
-    of the searcher's saved state, so ``--resume`` goes on where the search was.
+    The paper's first reruns are handed out once its trial has ended (it is never stopped
+    early), the ``finalists`` best others' once every trial has, ranked as trials.csv ranks
+    them (the best score at the best epoch; trials that failed or scored nothing left out);
+    each trains as many epochs as its trial ran. One seed at a time, the finalists race
+    (``next_reruns``): a challenger that the seeds so far rule out gets no more, and nor does
+    the paper's configuration once none is left. Stacked reruns (a GPU) take all their seeds
+    at once. Reruns tell the study nothing. All of it is part of the searcher's saved state,
+    so ``--resume`` goes on where the search was.
     """
 
-    def __init__(self, *, finalists: int, finalist_seeds: int, stack: bool,
+    def __init__(self, *, finalists: int, finalist_seeds: int, confidence: float, stack: bool,
                  paper: dict[str, Any] | None, fixed: dict[str, Any], trials: int, seed: int,
                  **kwargs: Any):
         super().__init__(trials=trials, seed=seed, **kwargs)
         self._trials, self._finalists, self._stack = trials, finalists, stack
+        self._own_seed, self._confidence = seed, confidence
         self._seeds = rerun_seeds(seed, finalist_seeds) if finalists else []
         self._paper, self._fixed = paper, fixed  # the paper's point; the space's constants
         self._proposed: dict[str, dict[str, Any]] = {}  # trial → the settings proposed
         self._epochs_ran: dict[str, int] = {}
         self._ended: dict[str, tuple[float, int] | None] = {}  # → (best score, epochs) or None
+        self._challengers: list[str] | None = None  # known once every trial has ended
         self._queue: list[dict[str, Any]] = []
-        self._planned: set[str] = set()  # "paper" and "others" once their reruns are queued
+        self._handed: set[tuple[str, int]] = set()  # (finalist, seed) reruns handed out
+        self._rerun_scores: dict[str, dict[int, float | None]] = {}  # finalist → seed → score
+        self._rerun_best: dict[str, tuple[float, int]] = {}  # rerun trial → best so far
         self.reruns: dict[str, dict[str, Any]] = {}  # rerun trial → its rerun
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -171,35 +238,53 @@ class FinalistSearch(StudySearch):
             if isinstance(config, dict):
                 self._proposed[trial_id] = config
             return config
-        self._plan_reruns()
+        wanted = [pair for pair in self._wanted() if pair not in self._handed]
+        self._handed |= set(wanted)
+        pending = [{"trial": trial, "seed": seed, "epochs": self._ended[trial][1],
+                    "params": {**self._fixed, **self._proposed[trial]}} for trial, seed in wanted]
+        self._queue += stacked_reruns(pending, len(self._seeds) if self._stack else 1)
         if self._queue:
             rerun = self.reruns[trial_id] = self._queue.pop(0)
             return {**rerun["params"], RERUN_KEY: rerun}
-        return Searcher.FINISHED if self._planned >= {"paper", "others"} else None
+        return Searcher.FINISHED if self._all_handed_out() else None
 
-    def _plan_reruns(self) -> None:
-        if "paper" not in self._planned:
-            paper = next((trial for trial, config in self._proposed.items()
-                          if at_point(config, self._paper)), None)
-            if paper is None or paper in self._ended:
-                self._planned.add("paper")
-                self._queue_reruns([paper] if paper and self._ended[paper] else [])
-        if "others" not in self._planned and len(self._ended) >= self._trials:
-            self._planned.add("others")
+    def _paper_trial(self) -> str | None:
+        """The paper's trial once it has ended with a score, else None."""
+        paper = next((trial for trial, config in self._proposed.items()
+                      if at_point(config, self._paper)), None)
+        return paper if paper is not None and self._ended.get(paper) else None
+
+    def _wanted(self) -> list[tuple[str, int]]:
+        racing = not self._stack
+        paper = self._paper_trial()
+        if self._challengers is None and len(self._ended) >= self._trials:
             sign = 1 if metric_mode(self._metrics[0]) == "min" else -1
             scored = [trial for trial, ended in self._ended.items() if ended is not None
                       and not at_point(self._proposed[trial], self._paper)]
             scored.sort(key=lambda trial: sign * self._ended[trial][0])
-            self._queue_reruns(scored[:self._finalists])
+            self._challengers = scored[:self._finalists]
+        if self._challengers is None:  # trials still running: the paper's first seeds
+            return [] if paper is None else [(paper, seed) for seed in
+                                             (self._seeds[:1] if racing else self._seeds)]
+        scores = {trial: {self._own_seed: self._ended[trial][0],
+                          **self._rerun_scores.get(trial, {})}
+                  for trial in ([paper] if paper else []) + self._challengers}
+        return next_reruns(scores, paper, self._challengers, self._seeds,
+                           metric_mode(self._metrics[0]), self._confidence, racing)
 
-    def _queue_reruns(self, trials: list[str]) -> None:
-        pending = [{"trial": trial, "seed": seed, "epochs": self._ended[trial][1],
-                    "params": {**self._fixed, **self._proposed[trial]}}
-                   for trial in trials for seed in self._seeds]
-        self._queue += stacked_reruns(pending, len(self._seeds) if self._stack else 1)
+    def _all_handed_out(self) -> bool:
+        """Whether no more reruns can be asked for: every trial has ended, and the reruns
+        handed out have all ended too (racing: what they score decides the next round)."""
+        if self._challengers is None:
+            return False
+        ended = {(trial, seed) for trial, seeds in self._rerun_scores.items() for seed in seeds}
+        return self._stack or self._handed <= ended
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.reruns:
+            value, kept = result.get(self._metrics[0]), self._rerun_best.get(trial_id)
+            if value is not None and is_better(self._metrics[0], value, kept[0] if kept else None):
+                self._rerun_best[trial_id] = (float(value), int(result.get("epoch", 0)))
             return
         if "epoch" in result:
             self._epochs_ran[trial_id] = int(result["epoch"])
@@ -208,11 +293,34 @@ class FinalistSearch(StudySearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         if trial_id in self.reruns:
+            rerun = self.reruns[trial_id]
+            if not error and result and trial_id not in self._rerun_best:
+                self.on_trial_result(trial_id, result)
+            scored = {} if error or not result else rerun_scores(
+                rerun, result, self._rerun_best.get(trial_id), self._metrics[0])
+            for seed in rerun["seeds"]:
+                value = scored.get(seed)
+                self._rerun_scores.setdefault(rerun["trial"], {})[seed] = (
+                    value[0] if value else None)
             return
         super().on_trial_complete(trial_id, result, error)  # its last epoch seen, if unseen
         best = (self._best.get(trial_id) or {}).get(self._metrics[0])
         scored = not error and best is not None and math.isfinite(best)
         self._ended[trial_id] = (float(best), self._epochs_ran.get(trial_id, 0)) if scored else None
+
+
+def rerun_scores(rerun: dict[str, Any], result: dict, best: tuple[float, int] | None,
+                 metric: str) -> dict[int, tuple[float, int]]:
+    """A finished rerun trial's best validation score and its epoch, by seed: one seed's
+    from ``best`` (kept over its epochs), a stack's from the runs' records in ``result``
+    (a run stopped by a non-finite loss has none)."""
+    if stacked := result.get("run_records"):
+        records = [json.loads(text) for text in json.loads(stacked)]
+        name = metric.removeprefix("valid_")
+        return {seed: (record["valid"][name], record["best_epoch"])
+                for seed, record in zip(rerun["seeds"], records, strict=True)
+                if "valid" in record}
+    return {rerun["seeds"][0]: best} if best is not None else {}
 
 
 class BestOfRun(Callback):
@@ -235,14 +343,10 @@ class BestOfRun(Callback):
         if not is_rerun(trial.config) or not trial.last_result.get("done"):
             return  # not a rerun; or stopped before its end (Ctrl-C, a stall): still to do
         rerun = trial.config[RERUN_KEY]
-        if stacked := trial.last_result.get("run_records"):  # several seeds, one stack
-            for seed, text in zip(rerun["seeds"], json.loads(stacked), strict=True):
-                record = json.loads(text)
-                if "valid" in record:  # not stopped by a non-finite loss
-                    name = self.metric.removeprefix("valid_")
-                    self._write(rerun, seed, record["valid"][name], record["best_epoch"])
-        elif trial.trial_id in self.best:
-            self._write(rerun, rerun["seeds"][0], *self.best[trial.trial_id])
+        scored = rerun_scores(rerun, trial.last_result, self.best.get(trial.trial_id),
+                              self.metric)
+        for seed, (value, epoch) in scored.items():
+            self._write(rerun, seed, value, epoch)
 
     def _write(self, rerun: dict[str, Any], seed: int, value: float, epoch: int) -> None:
         record = {"trial": rerun["trial"], "seed": seed, "value": value, "best_epoch": epoch,
@@ -273,11 +377,7 @@ def choose(scores: dict[str, list[float]], paper: str | None, mode: str,
     if paper not in scores or len(scores) == 1:
         return best_mean, {"rule": "the finalist best on its mean over seeds"}
     challenger = best((trial for trial in means if trial != paper), key=means.get)
-    sign = -1 if mode == "min" else 1
-    improvement = sign * (means[challenger] - means[paper])  # > 0: the challenger is better
-    spread, freedom = pooled_std(scores.values())
-    error = spread * math.sqrt(1 / len(scores[challenger]) + 1 / len(scores[paper]))
-    sure = student_t_cdf(improvement / error, freedom) if error > 0 else None
+    improvement, error, freedom, sure = chance_better(scores, paper, challenger, mode)
     if confidence == 0:  # the best mean, however slight its lead
         chosen = best_mean
     else:
@@ -288,6 +388,20 @@ def choose(scores: dict[str, list[float]], paper: str | None, mode: str,
         "challenger": challenger, "improvement": improvement, "standard_error": error,
         "degrees_of_freedom": freedom, "confidence": sure, "asked": confidence,
         "kept_paper": chosen == paper}
+
+
+def chance_better(scores: dict[str, list[float]], paper: str, challenger: str,
+                  mode: str) -> tuple[float, float, int, float | None]:
+    """How much better ``challenger`` is than ``paper`` on the mean over seeds (> 0:
+    better), its standard error on the seed spread pooled over all of ``scores``, the
+    degrees of freedom, and how sure a one-sided t test is that it is better (None: no
+    spread to judge by)."""
+    sign = -1 if mode == "min" else 1
+    improvement = sign * (statistics.fmean(scores[challenger]) - statistics.fmean(scores[paper]))
+    spread, freedom = pooled_std(scores.values())
+    error = spread * math.sqrt(1 / len(scores[challenger]) + 1 / len(scores[paper]))
+    sure = student_t_cdf(improvement / error, freedom) if error > 0 else None
+    return improvement, error, freedom, sure
 
 
 def pooled_std(groups) -> tuple[float, int]:

@@ -359,6 +359,7 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
         seed=args.seed, concurrent=resources.concurrent, trials=args.num_samples,
         points_to_evaluate=[plan.base_point] if plan.base_point else None,
         finalists=args.finalists, finalist_seeds=args.finalist_seeds,
+        confidence=args.confidence,
         stack=stacks_reruns(resources), paper=plan.base_point,
         fixed={key: entry for key, entry in plan.space.items() if not isinstance(entry, dict)})
     return tune.Tuner(
@@ -474,7 +475,8 @@ def _finalist_scores(plan: SearchPlan, grid, table, results,
     finalists = [(by_short[row["trial"]][0],
                   {k: v for k, v in by_short[row["trial"]][1].items() if k in plan.space},
                   float(row[metric]), int(row["epochs"])) for row in ranked]
-    by_seed = rescore(plan, resources, finalists, console.print) if finalists else {}
+    paper = next((by_short[row["trial"]][0] for row in ranked if row["paper"]), None)
+    by_seed = rescore(plan, resources, finalists, paper, console.print) if finalists else {}
     summaries = {trial[:8]: summary(list(values.values())) for trial, values in by_seed.items()}
     one_seed = {t: summary([v]) for t, v in zip(table["trial"], table[metric], strict=True)}
     rows = [summaries.get(t, one_seed[t]) for t in table["trial"]]
