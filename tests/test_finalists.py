@@ -199,6 +199,31 @@ def test_a_resumed_search_goes_on_with_its_reruns(tmp_path):
     assert restored.suggest("o1") == Searcher.FINISHED
 
 
+def test_a_resumed_race_goes_on_from_its_round(tmp_path):
+    from ray.tune.search import Searcher
+
+    searcher = _searcher(tmp_path)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    for trial, value in (("t0", 0.85), ("t1", 0.84), ("t2", 1.0)):
+        _end(searcher, trial, value, 4)
+    searcher.suggest("r0")
+    searcher.suggest("r1")
+    _end(searcher, "r0", 0.86, 4)  # the paper's second seed ends; the challenger's runs on
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    (tmp_path / "new").mkdir()
+    restored = _searcher(tmp_path / "new")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("r2") is None  # the round waits for the challenger's rerun
+    _end(restored, "r1", 0.85, 4)  # as good as the paper's: a third seed each
+    third = [restored.suggest(f"s{i}") for i in range(2)]
+    assert sorted(r["rerun"]["trial"] for r in third) == ["t0", "t1"]
+    assert {r["rerun"]["seeds"][0] for r in third} == {2}
+    _end(restored, "s0", 0.86, 4)
+    _end(restored, "s1", 0.85, 4)
+    assert restored.suggest("s2") == Searcher.FINISHED
+
+
 def test_no_finalists_no_reruns(tmp_path):
     from ray.tune.search import Searcher
 

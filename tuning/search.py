@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "from other seeds before best.json is chosen (default 1; 0: choose "
                         "on the trials' one seed)")
     search.add_argument("--finalist-seeds", type=int, default=3,
-                        help="seeds behind each finalist's score, its own trial's included "
-                        "(default 3)")
+                        help="seeds behind each finalist's score at most, its own trial's "
+                        "included (default 3); one round of seeds at a time, a finalist the "
+                        "seeds so far rule out gets no more")
     search.add_argument("--confidence", type=float, default=0.9,
                         help="how sure the search must be that a finalist beats the paper's "
                         "configuration on the mean over seeds before best.json takes it "
