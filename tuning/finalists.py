@@ -282,9 +282,7 @@ class FinalistSearch(StudySearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.reruns:
-            value, kept = result.get(self._metrics[0]), self._rerun_best.get(trial_id)
-            if value is not None and is_better(self._metrics[0], value, kept[0] if kept else None):
-                self._rerun_best[trial_id] = (float(value), int(result.get("epoch", 0)))
+            keep_best(self._rerun_best, trial_id, self._metrics[0], result)
             return
         if "epoch" in result:
             self._epochs_ran[trial_id] = int(result["epoch"])
@@ -307,6 +305,14 @@ class FinalistSearch(StudySearch):
         best = (self._best.get(trial_id) or {}).get(self._metrics[0])
         scored = not error and best is not None and math.isfinite(best)
         self._ended[trial_id] = (float(best), self._epochs_ran.get(trial_id, 0)) if scored else None
+
+
+def keep_best(best: dict[str, tuple[float, int]], trial_id: str, metric: str,
+              result: dict) -> None:
+    """Keeps in ``best`` a rerun trial's best ``metric`` so far and the epoch it came at."""
+    value, kept = result.get(metric), best.get(trial_id)
+    if value is not None and is_better(metric, value, kept[0] if kept else None):
+        best[trial_id] = (float(value), int(result.get("epoch", 0)))
 
 
 def rerun_scores(rerun: dict[str, Any], result: dict, best: tuple[float, int] | None,
@@ -334,10 +340,7 @@ class BestOfRun(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if not is_rerun(trial.config):
             return
-        value = result.get(self.metric)
-        kept = self.best.get(trial.trial_id)
-        if value is not None and is_better(self.metric, value, kept[0] if kept else None):
-            self.best[trial.trial_id] = (float(value), int(result.get("epoch", 0)))
+        keep_best(self.best, trial.trial_id, self.metric, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if not is_rerun(trial.config) or not trial.last_result.get("done"):
