@@ -15,7 +15,8 @@ pick's seed mean at the trial's length, in seed standard deviations; the search'
 seeds are the evaluator's first ones, which repeat them, so the curse is also given over
 the evaluated seeds the search did not run), whether the pick beats the defaults (valid
 mean no worse, test Non0_acc_2 mean at most 0.01 below), and the wall times.
-``--defaults DIR`` keeps the paper defaults' evaluation in DIR and reuses it in a later run
+A ``--storage`` or ``--name`` in ``--search-args`` keeps the search there (by default it
+goes to a temporary folder). ``--defaults DIR`` keeps the paper defaults' evaluation in DIR and reuses it in a later run
 of the same data, seeds, evaluation options and code.
 """
 
@@ -80,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
+        search_args = shlex.split(args.search_args)
         search_seconds = run([sys.executable, str(ROOT / "tuning" / "search.py"),
                               "--data", args.data, "--storage", str(folder), "--name", "s",
-                              *shlex.split(args.search_args)])
-        best_json = str(folder / "s" / "best.json")
+                              *search_args])
+        best_json = str(experiment_folder(folder, search_args) / "best.json")
         best = json.loads(Path(best_json).read_text())
         metric = best["search"]["metric"].removeprefix("valid_")
         length = str(best["search"]["trial_epochs"])
@@ -113,6 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _print(report, args, metric)
     return 0
+
+
+def experiment_folder(folder: Path, search_args: list[str]) -> Path:
+    """Where the search wrote: ``folder``/s, or where ``--storage`` and ``--name`` among
+    its own options put it (the last of each wins, as in the search's parser)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--storage", default=str(folder))
+    parser.add_argument("--name", default="s")
+    given, _ = parser.parse_known_args(search_args)
+    return Path(given.storage) / given.name
 
 
 def trains_alike(evaluated: Path, config_file: str) -> bool:

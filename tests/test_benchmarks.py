@@ -177,3 +177,16 @@ def test_search_value_reuses_the_defaults_runs_only_for_a_pick_that_trains_alike
     assert search_value.trains_alike(defaults, best(select_metric="MAE"))  # auto is MAE
     assert not search_value.trains_alike(defaults, best(learning_rate=0.002))
     assert not search_value.trains_alike(defaults, best(epochs=8, patience=8))
+
+
+def test_search_value_reads_the_search_where_its_own_storage_and_name_put_it(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("search_value",
+                                                  ROOT / "benchmarks" / "search_value.py")
+    search_value = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(search_value)
+    where = search_value.experiment_folder
+    assert where(tmp_path, ["--num-samples", "4"]) == tmp_path / "s"
+    assert where(tmp_path, ["--seed", "1", "--storage", "/x/y", "--name", "n"]) == Path("/x/y/n")
+    assert where(tmp_path, ["--name=n", "--study-storage", "sqlite:///a.db"]) == tmp_path / "n"
