@@ -16,8 +16,8 @@ seeds are the evaluator's first ones, which repeat them, so the curse is also gi
 the evaluated seeds the search did not run), whether the pick beats the defaults (valid
 mean no worse, test Non0_acc_2 mean at most 0.01 below), and the wall times.
 A ``--storage`` or ``--name`` in ``--search-args`` keeps the search there (by default it
-goes to a temporary folder). ``--defaults DIR`` keeps the paper defaults' evaluation in DIR and reuses it in a later run
-of the same data, seeds, evaluation options and code.
+goes to a temporary folder). ``--defaults DIR`` keeps the paper defaults' evaluation in DIR
+and reuses it in a later run of the same data, seeds, evaluation options and code.
 """
 
 from __future__ import annotations
@@ -129,19 +129,15 @@ def experiment_folder(folder: Path, search_args: list[str]) -> Path:
 
 def trains_alike(evaluated: Path, config_file: str) -> bool:
     """Whether ``config_file`` trains as the evaluation in ``evaluated`` did (its runs' own
-    configs, the seed and an ``auto`` selection metric aside)."""
-    from ucrn.config import config_from_dict, load_config
-    from ucrn.engine import select_metric
-
-    def training(config) -> dict:
-        settings = config.to_dict()
-        settings["train"] = {**settings["train"], "seed": None,
-                             "select_metric": select_metric(config)}
-        settings["model"] = {**settings["model"], "input_dims": None}
-        return settings
+    seeds and input sizes aside)."""
+    from ucrn.config import apply_overrides, config_from_dict, load_config
+    from ucrn.engine import training_differences
 
     run = json.loads(next((evaluated / "runs").glob("full-seed*.json")).read_text())
-    return training(config_from_dict(run["config"])) == training(load_config(config_file))
+    ran = config_from_dict(run["config"])
+    wanted = apply_overrides(load_config(config_file), {"seed": ran.train.seed})
+    wanted.model.input_dims = ran.model.input_dims
+    return not training_differences(ran, wanted)
 
 
 def kept_evaluation(folder: Path, options: list[str]) -> Path:

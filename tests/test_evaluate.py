@@ -269,3 +269,45 @@ def test_ctrl_c_after_a_finished_run_writes_no_report_and_the_rerun_goes_on(tiny
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{finished} already done" in rerun.stderr
     assert (out / "REPORT.md").exists() and len(list((out / "runs").glob("*.json"))) == 3
+
+
+def test_an_out_folder_with_runs_of_another_configuration_or_data_is_refused(tiny_mosi,
+                                                                              tmp_path):
+    from tuning.evaluate import check_finished_runs, plan_evaluation, run_overrides
+    from ucrn.data.layout import fingerprint
+    from ucrn.errors import UcrnError
+
+    out = tmp_path / "out"
+    plan = plan_evaluation(["--data", str(tiny_mosi), "--seeds", "2", "--ablations", "none",
+                            *FAST, "--out", str(out)])
+    data = {"name": plan.dataset.name, "fingerprint": fingerprint(plan.dataset)}
+
+    def record(config, seed=1, variant="full", ran_on=data):
+        ran = apply_overrides(config, run_overrides(variant, seed))
+        return {"variant": variant, "seed": seed, "config": ran.to_dict(), "data": ran_on}
+
+    same = record(apply_overrides(plan.base, {"static_shapes": "true"}))  # speed alone
+    check_finished_runs(plan, {"full-seed1": same})
+    old = {key: value for key, value in same.items() if key != "data"}  # older runs
+    check_finished_runs(plan, {"full-seed1": old})
+    for runs, said in (
+            ({"full-seed1": record(apply_overrides(plan.base, {"learning_rate": 0.002}))},
+             "learning_rate: 0.002 → 0.001"),
+            ({"full-seed1": record(plan.base, ran_on={"name": "other", "fingerprint": "0"})},
+             f"data: other → {plan.dataset.name}")):
+        with pytest.raises(UcrnError, match="holds runs of another evaluation") as refused:
+            check_finished_runs(plan, runs)
+        assert said in str(refused.value) and str(out) in str(refused.value)
+
+
+def test_data_sets_that_differ_in_one_label_or_one_feature_differ_in_fingerprint(tiny_mosi):
+    from ucrn.data.layout import fingerprint
+
+    dataset = load_dataset(tiny_mosi)
+    first = fingerprint(dataset)
+    assert fingerprint(load_dataset(tiny_mosi)) == first
+    dataset.splits["test"].labels[3, 0] += 0.5
+    assert fingerprint(dataset) != first
+    dataset = load_dataset(tiny_mosi)
+    dataset.splits["train"].features["a"][0, 0, 0] += 1.0
+    assert fingerprint(dataset) != first

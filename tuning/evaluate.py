@@ -45,10 +45,16 @@ from tuning.tables import (
 )
 from tuning.tables import console as table_console
 from tuning.trials import make_trainable, plan_trials, run_grid, stacked_seeds
-from ucrn.config import ABLATIONS, Config, apply_overrides, config_from_options
-from ucrn.data.layout import Dataset
+from ucrn.config import (
+    ABLATIONS,
+    Config,
+    apply_overrides,
+    config_from_dict,
+    config_from_options,
+)
+from ucrn.data.layout import Dataset, fingerprint
 from ucrn.data.synthetic import data_or_default
-from ucrn.engine import load_training_data
+from ucrn.engine import load_training_data, training_differences
 from ucrn.errors import UcrnError, exit_status
 from ucrn.files import atomic_write, check_directory, hold_folder
 from ucrn.metrics import is_better
@@ -195,6 +201,23 @@ def finished_runs(out: Path) -> dict[str, dict]:
         record = json.loads(path.read_text())
         records[run_key(record["variant"], record["seed"])] = record
     return records
+
+
+def check_finished_runs(plan: EvaluationPlan, records: dict[str, dict]) -> None:
+    """Refuse an ``--out`` whose runs trained another configuration or on other data than
+    this evaluation's (a second search's best.json lands in the same evaluations/best)."""
+    data = fingerprint(plan.dataset)
+    for key, record in records.items():
+        wanted = apply_overrides(plan.base, run_overrides(record["variant"], record["seed"]))
+        changes = training_differences(config_from_dict(record["config"]), wanted)
+        ran_on = record.get("data", {}).get("fingerprint", data)  # older runs did not say
+        if ran_on != data:
+            changes.append(f"data: {record['data']['name']} → {plan.dataset.name}")
+        if changes:
+            raise UcrnError(
+                f"--out {plan.out} holds runs of another evaluation ({key} differs in "
+                f"{'; '.join(changes[:4])}{'; …' if len(changes) > 4 else ''}): give "
+                "another --out, or remove that folder to start again")
 
 
 def record_run(plan: EvaluationPlan, variant: str, seed: int, scored: dict) -> dict:
@@ -472,6 +495,7 @@ def run_evaluation(plan: EvaluationPlan) -> Path:
 def _run_evaluation(plan: EvaluationPlan) -> Path:
     started = time.perf_counter()
     done = finished_runs(plan.out)
+    check_finished_runs(plan, done)
     # Seed by seed, so that a stopped evaluation leaves whole seeds (every variant) done.
     wanted = [(variant, seed) for seed in plan.seeds for variant in plan.variants]
     pending = [(v, s) for v, s in wanted if run_key(v, s) not in done]

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -102,6 +103,23 @@ def check_memory(config: Config, dataset: Dataset, device: torch.device) -> None
     if device.type == "cpu":
         need += activation_bytes(config, dataset)
     check_room(need, "this model", "lower width, the layers or batch_size")
+
+
+# Settings that change how fast a run goes, not what it computes.
+_SPEED_SETTINGS = ("static_shapes", "cuda_graph", "eval_batch_size")
+
+
+def training_differences(ran: Config, wanted: Config) -> list[str]:
+    """The settings in which two configurations train differently, as "key: A → B" (the
+    seed included; speed settings and an ``auto`` selection metric resolved aside)."""
+    def settings(config: Config) -> dict[str, Any]:
+        flat = {**config.to_dict()["model"], **config.to_dict()["train"],
+                "select_metric": select_metric(config)}
+        return {k: v for k, v in flat.items() if k not in _SPEED_SETTINGS}
+
+    before, after = settings(ran), settings(wanted)
+    return [f"{key}: {before.get(key)} → {after.get(key)}"
+            for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
 
 
 def validation_metric_names(config: Config) -> tuple[str, ...]:

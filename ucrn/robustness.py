@@ -18,7 +18,7 @@ import torch
 
 from ucrn.config import Config
 from ucrn.data.batches import bernoulli_noise, drop_modalities, mask_modalities
-from ucrn.data.layout import Dataset
+from ucrn.data.layout import Dataset, fingerprint
 from ucrn.engine import evaluate, modality_subsets
 from ucrn.metrics import mode
 from ucrn.model import UCRN
@@ -101,4 +101,5 @@ def scored_run(
                                   noise=noise, noise_seed=noise_seed, device=device)
     return {"best_epoch": result.best_epoch, "epochs": result.epochs_run,
             "params": result.params, "valid": result.valid, "test": conditions["full"],
-            "conditions": conditions, "config": result.config.to_dict()}
+            "conditions": conditions, "config": result.config.to_dict(),
+            "data": {"name": dataset.name, "fingerprint": fingerprint(dataset)}}
