@@ -154,15 +154,21 @@ def test_the_stacked_models_benchmark_reports_ops_speed_memory_and_exactness():
     assert report["max_relative_deviation"] <= 1e-4
 
 
-def test_search_value_reuses_the_defaults_runs_only_for_a_pick_that_trains_alike(tmp_path):
+def _search_value():
+    """benchmarks/search_value.py as a module."""
     import importlib.util
-
-    from ucrn.config import Config, apply_overrides
 
     spec = importlib.util.spec_from_file_location("search_value",
                                                   ROOT / "benchmarks" / "search_value.py")
     search_value = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(search_value)
+    return search_value
+
+
+def test_search_value_reuses_the_defaults_runs_only_for_a_pick_that_trains_alike(tmp_path):
+    from ucrn.config import Config, apply_overrides
+
+    search_value = _search_value()
     defaults = tmp_path / "defaults"
     (defaults / "runs").mkdir(parents=True)
     ran = apply_overrides(Config(), {"seed": 3}).to_dict()  # as the evaluator records a run
@@ -180,13 +186,7 @@ def test_search_value_reuses_the_defaults_runs_only_for_a_pick_that_trains_alike
 
 
 def test_search_value_reads_the_search_where_its_own_storage_and_name_put_it(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("search_value",
-                                                  ROOT / "benchmarks" / "search_value.py")
-    search_value = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(search_value)
-    where = search_value.experiment_folder
+    where = _search_value().experiment_folder
     assert where(tmp_path, ["--num-samples", "4"]) == tmp_path / "s"
     assert where(tmp_path, ["--seed", "1", "--storage", "/x/y", "--name", "n"]) == Path("/x/y/n")
     assert where(tmp_path, ["--name=n", "--study-storage", "sqlite:///a.db"]) == tmp_path / "n"

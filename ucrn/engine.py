@@ -113,8 +113,8 @@ def training_differences(ran: Config, wanted: Config) -> list[str]:
     """The settings in which two configurations train differently, as "key: A → B" (the
     seed included; speed settings and an ``auto`` selection metric resolved aside)."""
     def settings(config: Config) -> dict[str, Any]:
-        flat = {**config.to_dict()["model"], **config.to_dict()["train"],
-                "select_metric": select_metric(config)}
+        data = config.to_dict()
+        flat = {**data["model"], **data["train"], "select_metric": select_metric(config)}
         return {k: v for k, v in flat.items() if k not in _SPEED_SETTINGS}
 
     before, after = settings(ran), settings(wanted)
