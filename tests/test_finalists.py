@@ -80,7 +80,7 @@ def test_reruns_take_the_seeds_the_evaluator_runs_next():
     assert rerun_seeds(0, 1) == []
 
 
-def _searcher(tmp_path, finalists=1, stack=False):
+def _searcher(tmp_path, finalists=1, stack=False, winner_seeds=1):
     from ray import tune
 
     from tuning.finalists import FinalistSearch
@@ -89,7 +89,7 @@ def _searcher(tmp_path, finalists=1, stack=False):
         url=f"sqlite:///{tmp_path / 'study.db'}", study_name="s", metrics=["valid_MAE"],
         epochs=4, seed=0, concurrent=2, trials=3, points_to_evaluate=[{"lambda_m": 1.0}],
         finalists=finalists, finalist_seeds=3, confidence=0.9, stack=stack,
-        paper={"lambda_m": 1.0},
+        winner_seeds=winner_seeds, paper={"lambda_m": 1.0},
         fixed={"dropout": 0.2})
     searcher.set_search_properties(None, None, {"lambda_m": tune.uniform(0.0, 2.0)})
     return searcher
@@ -178,6 +178,44 @@ def test_a_race_round_waits_for_its_runs_and_no_race_asks_for_every_seed():
     assert next_reruns(failed, "p", ["c"], [1, 2], "min", 0.9, racing=True) == [
         ("p", 2), ("c", 2)]
 
+
+def test_once_the_race_ends_its_leader_is_trained_from_the_winners_seeds():
+    race_over = {"p": {0: 0.85, 1: 0.87}, "c": {0: 0.95, 1: 0.96}}  # c is ruled out
+    assert next_reruns(race_over, "p", ["c"], [1, 2, 3], "min", 0.9, racing=True,
+                       raced=1) == [("p", 2), ("p", 3)]
+    assert next_reruns(race_over, "p", ["c"], [1, 2, 3], "min", 0.9, racing=True) == []
+    # The leader's own seeds do not reopen the race, and while they run none are added.
+    topped = {"p": {0: 0.85, 1: 0.87, 2: 0.86, 3: 0.84}, "c": {0: 0.95, 1: 0.96}}
+    assert next_reruns(topped, "p", ["c"], [1, 2, 3], "min", 0.9, racing=True, raced=1) == []
+    # A challenger that won the race leads, unless the seeds behind it overtake it.
+    won = {"p": {0: 0.95, 1: 0.96}, "c": {0: 0.80, 1: 0.81}}
+    assert next_reruns(won, "p", ["c"], [1, 2], "min", 0.9, racing=True, raced=1) == [
+        ("c", 2)]
+    overtaken = {"p": {0: 0.95, 1: 0.96}, "c": {0: 0.80, 1: 0.81, 2: 1.40}}
+    assert next_reruns(overtaken, "p", ["c"], [1, 2], "min", 0.9, racing=True,
+                       raced=1) == [("p", 2)]
+
+
+def test_the_search_trains_its_leader_from_the_winners_seeds_before_it_finishes(tmp_path):
+    from ray.tune.search import Searcher
+
+    searcher = _searcher(tmp_path, winner_seeds=4)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    _end(searcher, "t0", 0.80, 4)
+    _end(searcher, "t1", 0.95, 4)
+    _end(searcher, "t2", 1.10, 4)
+    rounds = [searcher.suggest(f"r{i}") for i in range(2)]
+    _end(searcher, "r0", 0.81, 4)
+    _end(searcher, "r1", 0.96, 4)  # ruled out: the paper's configuration leads
+    leader = [searcher.suggest(f"w{i}") for i in range(3)]
+    assert [r["rerun"]["trial"] for r in rounds] == ["t0", "t1"]
+    assert [(r["rerun"]["trial"], r["rerun"]["seeds"]) for r in leader[:2]] == [
+        ("t0", [2]), ("t0", [3])]
+    assert leader[2] is None  # finished only once the leader's runs have ended
+    _end(searcher, "w0", 0.82, 4)
+    _end(searcher, "w1", 0.79, 4)
+    assert searcher.suggest("w2") == Searcher.FINISHED
 
 def test_a_resumed_search_goes_on_with_its_reruns(tmp_path):
     from ray.tune.search import Searcher

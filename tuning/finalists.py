@@ -48,17 +48,41 @@ def rerun_seeds(seed: int, count: int) -> list[int]:
     return [seed + k for k in range(1, count)]
 
 
-def most_reruns(finalists: int, finalist_seeds: int) -> int:
+def most_reruns(finalists: int, finalist_seeds: int, winner_seeds: int = 1) -> int:
     """The reruns a search may add to its trials: the paper's and the ``finalists`` others'."""
-    return (finalist_seeds - 1) * (finalists + 1) if finalists else 0
+    return (max(finalist_seeds, winner_seeds) - 1) * (finalists + 1) if finalists else 0
 
 
 def next_reruns(scores: dict[str, dict[int, float | None]], paper: str | None,
                 challengers: list[str], seeds: list[int], mode: str, confidence: float,
-                racing: bool) -> list[tuple[str, int]]:
+                racing: bool, raced: int | None = None) -> list[tuple[str, int]]:
     """The (finalist, seed) reruns still to train: those not in ``scores``, which holds each
     finalist's scores by seed so far, its own trial's included (None: a rerun that ended
-    without one).
+    without one). The first ``raced`` of ``seeds`` (all by default) are the race's below;
+    once it has ended, the finalist ``choose`` takes on the scores so far (the leader) is
+    trained from the rest too, so that best.json's score rests on every seed
+    (``--winner-seeds``); a leader those seeds overtake is followed by the new one.
+    """
+    race = seeds if raced is None else seeds[:raced]
+    extra = set(seeds) - set(race)
+    in_race = {trial: {seed: value for seed, value in values.items() if seed not in extra}
+               for trial, values in scores.items()}
+    wanted = _race(in_race, paper, challengers, race, mode, confidence, racing)
+    if wanted or not extra:
+        return wanted
+    known = {trial: [value for value in scores.get(trial, {}).values() if value is not None]
+             for trial in ([paper] if paper is not None else []) + list(challengers)}
+    known = {trial: values for trial, values in known.items() if values}
+    if not known:
+        return []
+    leader, _ = choose(known, paper if paper in known else None, mode, confidence)
+    return [(leader, seed) for seed in seeds if seed not in scores.get(leader, {})]
+
+
+def _race(scores: dict[str, dict[int, float | None]], paper: str | None,
+          challengers: list[str], seeds: list[int], mode: str, confidence: float,
+          racing: bool) -> list[tuple[str, int]]:
+    """The race's reruns still to train (``next_reruns``' ``scores``, ``seeds`` its own).
 
     Without racing, every rerun seed of every finalist. Racing (the paper's trial among the
     finalists, a ``confidence`` asked): one round of seeds at a time, and after each round a
@@ -130,7 +154,7 @@ def rescore(plan, resources, finalists: list[tuple[str, dict[str, Any], float, i
     """
     args = plan.args
     folder = check_directory(finalists_folder(plan.experiment), "experiment")
-    seeds = rerun_seeds(args.seed, args.finalist_seeds)
+    seeds = rerun_seeds(args.seed, max(args.finalist_seeds, args.winner_seeds))
     by_trial = {trial: (config, own, epochs) for trial, config, own, epochs in finalists}
     tried: set[tuple[str, int]] = set()
 
@@ -146,7 +170,8 @@ def rescore(plan, resources, finalists: list[tuple[str, dict[str, Any], float, i
         for trial, seed in tried:  # trained without a score: not asked for again
             so_far[trial].setdefault(seed, None)
         wanted = next_reruns(so_far, paper, [t for t in by_trial if t != paper], seeds,
-                             plan.mode, args.confidence, racing=not stacks_reruns(resources))
+                             plan.mode, args.confidence, racing=not stacks_reruns(resources),
+                             raced=args.finalist_seeds - 1)
         if not wanted:
             return {trial: {seed: value for seed, value in values.items() if value is not None}
                     for trial, values in so_far.items()}
@@ -216,11 +241,12 @@ class FinalistSearch(StudySearch):
 
     def __init__(self, *, finalists: int, finalist_seeds: int, confidence: float, stack: bool,
                  paper: dict[str, Any] | None, fixed: dict[str, Any], trials: int, seed: int,
-                 **kwargs: Any):
+                 winner_seeds: int = 1, **kwargs: Any):
         super().__init__(trials=trials, seed=seed, **kwargs)
         self._trials, self._finalists, self._stack = trials, finalists, stack
         self._own_seed, self._confidence = seed, confidence
-        self._seeds = rerun_seeds(seed, finalist_seeds) if finalists else []
+        self._seeds = rerun_seeds(seed, max(finalist_seeds, winner_seeds)) if finalists else []
+        self._raced = finalist_seeds - 1  # the race's seeds; the leader's are all of them
         self._paper, self._fixed = paper, fixed  # the paper's point; the space's constants
         self._proposed: dict[str, dict[str, Any]] = {}  # trial → the settings proposed
         self._epochs_ran: dict[str, int] = {}
@@ -264,13 +290,14 @@ class FinalistSearch(StudySearch):
             scored.sort(key=lambda trial: sign * self._ended[trial][0])
             self._challengers = scored[:self._finalists]
         if self._challengers is None:  # trials still running: the paper's first seeds
+            race = self._seeds[:self._raced]
             return [] if paper is None else [(paper, seed) for seed in
-                                             (self._seeds[:1] if racing else self._seeds)]
+                                             (race[:1] if racing else race)]
         scores = {trial: {self._own_seed: self._ended[trial][0],
                           **self._rerun_scores.get(trial, {})}
                   for trial in ([paper] if paper else []) + self._challengers}
         return next_reruns(scores, paper, self._challengers, self._seeds,
-                           metric_mode(self._metrics[0]), self._confidence, racing)
+                           metric_mode(self._metrics[0]), self._confidence, racing, self._raced)
 
     def _all_handed_out(self) -> bool:
         """Whether no more reruns can be asked for: every trial has ended, and the reruns
@@ -278,7 +305,8 @@ class FinalistSearch(StudySearch):
         if self._challengers is None:
             return False
         ended = {(trial, seed) for trial, seeds in self._rerun_scores.items() for seed in seeds}
-        return self._stack or self._handed <= ended
+        stacked_at_once = self._stack and self._raced >= len(self._seeds)  # no leader's seeds
+        return stacked_at_once or self._handed <= ended
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.reruns:

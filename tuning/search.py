@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seeds behind each finalist's score at most, its own trial's "
                         "included (default 3); one round of seeds at a time, a finalist the "
                         "seeds so far rule out gets no more")
+    search.add_argument("--winner-seeds", type=int, default=1,
+                        help="seeds behind best.json's score at least: once the finalists' "
+                        "race has ended, its leader is trained again from more seeds "
+                        "(default 1: none beyond the race's)")
     search.add_argument("--confidence", type=float, default=0.9,
                         help="how sure the search must be that a finalist beats the paper's "
                         "configuration on the mean over seeds before best.json takes it "
@@ -209,8 +213,9 @@ def plan_search(argv: Sequence[str] | None = None) -> SearchPlan:
     for name in ("num_samples", "epochs", "grace_period"):
         if getattr(args, name) < 1:
             raise UcrnError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.finalists < 0 or args.finalist_seeds < 1:
-        raise UcrnError("--finalists must be 0 or more and --finalist-seeds at least 1")
+    if args.finalists < 0 or args.finalist_seeds < 1 or args.winner_seeds < 1:
+        raise UcrnError("--finalists must be 0 or more, and --finalist-seeds and "
+                        "--winner-seeds at least 1")
     if not 0 <= args.confidence < 1:
         raise UcrnError(f"--confidence {args.confidence:g}: give a probability from 0 "
                         "(the best mean) to below 1, e.g. 0.9")
@@ -361,6 +366,7 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
         seed=args.seed, concurrent=resources.concurrent, trials=args.num_samples,
         points_to_evaluate=[plan.base_point] if plan.base_point else None,
         finalists=args.finalists, finalist_seeds=args.finalist_seeds,
+        winner_seeds=args.winner_seeds,
         confidence=args.confidence,
         stack=stacks_reruns(resources), paper=plan.base_point,
         fixed={key: entry for key, entry in plan.space.items() if not isinstance(entry, dict)})
@@ -373,7 +379,8 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
             search_alg=searcher,
             scheduler=FairHalving(plan.metric, max_t=args.epochs,
                                   grace_period=args.grace_period, yardstick=plan.base_point),
-            num_samples=args.num_samples + most_reruns(args.finalists, args.finalist_seeds),
+            num_samples=args.num_samples + most_reruns(
+                args.finalists, args.finalist_seeds, args.winner_seeds),
             max_concurrent_trials=resources.concurrent,
             reuse_actors=resources.reuse_processes,
         ),
@@ -469,7 +476,7 @@ def _finalist_scores(plan: SearchPlan, grid, table, results,
     best others, also as columns of ``table``: mean, standard deviation and seeds behind each
     trial's score."""
     metric = plan.metric
-    count = plan.args.finalists if plan.args.finalist_seeds > 1 else 0
+    count = plan.args.finalists if max(plan.args.finalist_seeds, plan.args.winner_seeds) > 1 else 0
     scored = [row for _, row in table.iterrows()
               if row["status"] == "done" and pd.notna(row[metric])]  # best first
     others = [row["trial"] for row in scored if not row["paper"]][:count]
