@@ -103,6 +103,13 @@ def _end(searcher, trial, value, epochs):
                                        "valid_MAE": value})
 
 
+def _trials_end(searcher, *values):
+    """The search's trials t0, t1, … proposed, then ended with these scores after 4 epochs."""
+    for i in range(len(values)):
+        searcher.suggest(f"t{i}")
+    for i, value in enumerate(values):
+        _end(searcher, f"t{i}", value, 4)
+
 def test_the_reruns_are_trials_of_the_search_once_its_trials_are_proposed(tmp_path):
     import optuna
     from ray.tune.search import Searcher
@@ -143,11 +150,7 @@ def test_a_challenger_the_first_seeds_rule_out_ends_the_race(tmp_path):
     from ray.tune.search import Searcher
 
     searcher = _searcher(tmp_path)
-    for i in range(3):
-        searcher.suggest(f"t{i}")
-    _end(searcher, "t0", 0.80, 4)
-    _end(searcher, "t1", 0.95, 4)
-    _end(searcher, "t2", 1.10, 4)
+    _trials_end(searcher, 0.80, 0.95, 1.10)
     rounds = [searcher.suggest(f"r{i}") for i in range(3)]
     assert [r["rerun"]["trial"] for r in rounds[:2]] == ["t0", "t1"] and rounds[2] is None
     _end(searcher, "r0", 0.81, 4)
@@ -200,11 +203,7 @@ def test_the_search_trains_its_leader_from_the_winners_seeds_before_it_finishes(
     from ray.tune.search import Searcher
 
     searcher = _searcher(tmp_path, winner_seeds=4)
-    for i in range(3):
-        searcher.suggest(f"t{i}")
-    _end(searcher, "t0", 0.80, 4)
-    _end(searcher, "t1", 0.95, 4)
-    _end(searcher, "t2", 1.10, 4)
+    _trials_end(searcher, 0.80, 0.95, 1.10)
     rounds = [searcher.suggest(f"r{i}") for i in range(2)]
     _end(searcher, "r0", 0.81, 4)
     _end(searcher, "r1", 0.96, 4)  # ruled out: the paper's configuration leads
