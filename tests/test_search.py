@@ -576,8 +576,11 @@ def _ray_started(driver: subprocess.Popen) -> bool:
     return bool(psutil.Process(driver.pid).children(recursive=True))
 
 
-INTERRUPTED_SEARCH = ["--num-samples", "2", "--epochs", "6", "--grace-period", "6",
-                      "--max-concurrent", "1", "--set", "urm_layers=1", "--set", "crm_layers=1"]
+# A tiny trial's epoch takes about 0.05 s: enough of them that Ctrl-C lands inside one.
+INTERRUPTED_EPOCHS = 60
+INTERRUPTED_SEARCH = ["--num-samples", "2", "--epochs", str(INTERRUPTED_EPOCHS),
+                      "--grace-period", str(INTERRUPTED_EPOCHS), "--max-concurrent", "1",
+                      "--set", "urm_layers=1", "--set", "crm_layers=1"]
 
 
 @pytest.mark.slow
@@ -601,13 +604,14 @@ def test_ctrl_c_at_any_moment_exits_130_scores_nothing_and_resumes(tiny_mosi, tm
     if moment == "while Ray starts":
         return  # no experiment yet: a new search starts afresh
     trials = pd.read_csv(experiment / "trials.csv")
-    assert trials.loc[0, "status"] == "interrupted" and trials.loc[0, "epochs"] < 6
+    assert trials.loc[0, "status"] == "interrupted"
+    assert trials.loc[0, "epochs"] < INTERRUPTED_EPOCHS
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     trials = pd.read_csv(experiment / "trials.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"done"}
-    assert set(trials["epochs"]) == {6}  # the interrupted trial went on to its end
+    assert set(trials["epochs"]) == {INTERRUPTED_EPOCHS}  # the interrupted one went on
     assert set(trials["seeds"]) == {3}  # both finalists, three seeds each
     assert json.loads((experiment / "best.json").read_text())["search"]["seeds"][
         "chosen"]["seeds"] == 3
@@ -637,7 +641,7 @@ def test_ctrl_c_in_a_finalists_rerun_resumes_with_the_reruns_left(tiny_mosi, tmp
     assert len(trials) == 2 and set(trials["status"]) == {"done"}  # no rerun among them
     assert set(trials["seeds"]) == {3}
     reruns = [json.loads(p.read_text()) for p in (experiment / "finalists").glob("*.json")]
-    assert len(reruns) == 4 and {r["epochs"] for r in reruns} == {6}
+    assert len(reruns) == 4 and {r["epochs"] for r in reruns} == {INTERRUPTED_EPOCHS}
     assert not (experiment / "finalists" / "ray").exists()  # all in the search's experiment
 
 
