@@ -99,7 +99,7 @@ def test_the_search_value_benchmark_compares_the_pick_with_the_defaults_over_see
          str(tiny_mosi), "--seeds", "3", "--json", "--evaluate-args", f"--epochs 2 {small}",
          "--defaults", str(kept),
          "--search-args", f"--num-samples 2 --epochs 1 --grace-period 1 --finalists 1 "
-         f"--finalist-seeds 2 --set epochs=2 {small}"],
+         f"--finalist-seeds 2 --winner-seeds 2 --set epochs=2 {small}"],
         capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     report = json.loads(finished.stdout.strip().splitlines()[-1])

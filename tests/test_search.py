@@ -343,14 +343,16 @@ def test_the_dashboard_refuses_a_client_without_the_token(ray_session):
 def test_a_search_writes_its_tables_and_a_usable_best_config(ray_session, tiny_mosi, tmp_path,
                                                              capsys):
     assert _search("--data", str(tiny_mosi), *TINY_SEARCH[:-2], "--finalists", "1",
-                   "--finalist-seeds", "2", "--storage", str(tmp_path), "--name", "exp") == 0
+                   "--finalist-seeds", "2", "--winner-seeds", "3", "--storage", str(tmp_path),
+                   "--name", "exp") == 0
     experiment = tmp_path / "exp"
     trials = pd.read_csv(experiment / "trials.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"done"}
-    # the paper's trial and the best other one trained again from another seed: two each
+    # the paper's trial and the best other one trained again from another seed, two each,
+    # and then the race's leader from a third
     reran = trials
-    assert set(reran["seeds"]) == {2} and len(list((experiment / "finalists").glob(
-        "*.json"))) == 2
+    assert sorted(reran["seeds"]) == [2, 3] and len(list((experiment / "finalists").glob(
+        "*.json"))) == 3
     # as trials of the search's own experiment, which had no experiment of their own to start
     assert not (experiment / "finalists" / "ray").exists()
     assert (reran["valid_MAE std"] > 0).all()
@@ -377,7 +379,8 @@ def test_a_search_writes_its_tables_and_a_usable_best_config(ray_session, tiny_m
     assert ("best.json keeps the paper's configuration" if decision["kept_paper"]
             else "best.json takes") in out
     seeds = record["search"]["seeds"]["chosen"]
-    assert seeds["seeds"] == 2 and seeds["mean"] == pytest.approx(chosen["valid_MAE mean"])
+    assert seeds["seeds"] == 3 and seeds["mean"] == pytest.approx(chosen["valid_MAE mean"])
+    assert chosen["seeds"] == 3  # the winner's seeds went to the one best.json took
     assert record["metrics"]["valid"]["MAE"] == pytest.approx(chosen["valid_MAE"])
     assert set(record["metrics"]["test"]) >= {"MAE", "Corr", "Non0_acc_2"}
     config = load_config(experiment / "best.json")  # what ucrn train --config takes
@@ -580,7 +583,7 @@ def _ray_started(driver: subprocess.Popen) -> bool:
 INTERRUPTED_EPOCHS = 60
 INTERRUPTED_SEARCH = ["--num-samples", "2", "--epochs", str(INTERRUPTED_EPOCHS),
                       "--grace-period", str(INTERRUPTED_EPOCHS), "--max-concurrent", "1",
-                      "--set", "urm_layers=1", "--set", "crm_layers=1"]
+                      "--set", "urm_layers=1", "--set", "crm_layers=1", "--winner-seeds", "3"]
 
 
 @pytest.mark.slow
@@ -679,7 +682,8 @@ def test_a_finalists_reruns_train_as_one_stack_where_stacks_pay(ray_session, tin
 
     monkeypatch.setattr(tuning.search, "stacks_reruns", lambda resources: True)  # a GPU's
     assert _search("--data", str(tiny_mosi), *TINY_SEARCH[:-2], "--finalists", "2",
-                   "--finalist-seeds", "3", "--storage", str(tmp_path), "--name", "exp") == 0
+                   "--finalist-seeds", "3", "--winner-seeds", "3", "--storage", str(tmp_path),
+                   "--name", "exp") == 0
     experiment = tmp_path / "exp"
     reruns = [json.loads(p.read_text()) for p in (experiment / "finalists").glob("*.json")]
     assert len(reruns) == 4 and all(math.isfinite(r["value"]) for r in reruns)

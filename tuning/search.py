@@ -159,10 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seeds behind each finalist's score at most, its own trial's "
                         "included (default 3); one round of seeds at a time, a finalist the "
                         "seeds so far rule out gets no more")
-    search.add_argument("--winner-seeds", type=int, default=1,
+    search.add_argument("--winner-seeds", type=int, default=4,
                         help="seeds behind best.json's score at least: once the finalists' "
                         "race has ended, its leader is trained again from more seeds "
-                        "(default 1: none beyond the race's)")
+                        "(default 4; 1: none beyond the race's)")
     search.add_argument("--confidence", type=float, default=0.9,
                         help="how sure the search must be that a finalist beats the paper's "
                         "configuration on the mean over seeds before best.json takes it "
