@@ -78,9 +78,8 @@ def test_trials_run_on_both_nodes(two_nodes, tiny_mosi, tmp_path):
 def test_a_trial_on_a_killed_node_resumes_from_its_checkpoint(two_nodes, tiny_mosi, tmp_path):
     address, _, environment = two_nodes
     worker = _worker_node_id(address, environment)
-    epochs = 200  # a tiny trial's epoch takes about 0.05 s: the kill lands inside the trial
-    search = subprocess.Popen([*SEARCH, *_search_args(address, tiny_mosi, tmp_path, epochs),
-                               "--finalists", "0"],
+    epochs = 25
+    search = subprocess.Popen([*SEARCH, *_search_args(address, tiny_mosi, tmp_path, epochs)],
                               env=environment, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     experiment = tmp_path / "exp"

@@ -579,8 +579,7 @@ def _ray_started(driver: subprocess.Popen) -> bool:
     return bool(psutil.Process(driver.pid).children(recursive=True))
 
 
-# A tiny trial's epoch takes about 0.05 s: enough of them that Ctrl-C lands inside one.
-INTERRUPTED_EPOCHS = 60
+INTERRUPTED_EPOCHS = 6
 INTERRUPTED_SEARCH = ["--num-samples", "2", "--epochs", str(INTERRUPTED_EPOCHS),
                       "--grace-period", str(INTERRUPTED_EPOCHS), "--max-concurrent", "1",
                       "--set", "urm_layers=1", "--set", "crm_layers=1", "--winner-seeds", "3"]
