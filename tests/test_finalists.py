@@ -110,6 +110,7 @@ def _trials_end(searcher, *values):
     for i, value in enumerate(values):
         _end(searcher, f"t{i}", value, 4)
 
+
 def test_the_reruns_are_trials_of_the_search_once_its_trials_are_proposed(tmp_path):
     import optuna
     from ray.tune.search import Searcher
@@ -215,6 +216,7 @@ def test_the_search_trains_its_leader_from_the_winners_seeds_before_it_finishes(
     _end(searcher, "w0", 0.82, 4)
     _end(searcher, "w1", 0.79, 4)
     assert searcher.suggest("w2") == Searcher.FINISHED
+
 
 def test_a_resumed_search_goes_on_with_its_reruns(tmp_path):
     from ray.tune.search import Searcher

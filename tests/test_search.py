@@ -91,11 +91,11 @@ def test_bad_objectives_fail_before_ray(capsys, tiny_mosi, tmp_path, options, me
     assert message in line
 
 
-
 def test_a_winner_without_seeds_fails_before_ray(capsys, tiny_mosi, tmp_path):
     line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--winner-seeds", "0",
                              "--storage", str(tmp_path))
     assert "--winner-seeds at least 1" in line
+
 
 def test_data_parallel_workers_on_a_shared_gpu_fail_before_ray(capsys, tiny_mosi, tmp_path):
     line = _fails_before_ray(capsys, "--data", str(tiny_mosi), "--workers-per-trial", "2",

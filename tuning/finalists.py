@@ -48,9 +48,14 @@ def rerun_seeds(seed: int, count: int) -> list[int]:
     return [seed + k for k in range(1, count)]
 
 
+def most_seeds(finalist_seeds: int, winner_seeds: int) -> int:
+    """The seeds behind a finalist's score at most: the race's, or the leader's beyond them."""
+    return max(finalist_seeds, winner_seeds)
+
+
 def most_reruns(finalists: int, finalist_seeds: int, winner_seeds: int = 1) -> int:
     """The reruns a search may add to its trials: the paper's and the ``finalists`` others'."""
-    return (max(finalist_seeds, winner_seeds) - 1) * (finalists + 1) if finalists else 0
+    return (most_seeds(finalist_seeds, winner_seeds) - 1) * (finalists + 1) if finalists else 0
 
 
 def next_reruns(scores: dict[str, dict[int, float | None]], paper: str | None,
@@ -70,9 +75,9 @@ def next_reruns(scores: dict[str, dict[int, float | None]], paper: str | None,
     wanted = _race(in_race, paper, challengers, race, mode, confidence, racing)
     if wanted or not extra:
         return wanted
-    known = {trial: [value for value in scores.get(trial, {}).values() if value is not None]
-             for trial in ([paper] if paper is not None else []) + list(challengers)}
-    known = {trial: values for trial, values in known.items() if values}
+    finalists = ([paper] if paper is not None else []) + list(challengers)
+    known = {trial: values for trial in finalists if (values := [
+        value for value in scores.get(trial, {}).values() if value is not None])}
     if not known:
         return []
     leader, _ = choose(known, paper if paper in known else None, mode, confidence)
@@ -154,7 +159,7 @@ def rescore(plan, resources, finalists: list[tuple[str, dict[str, Any], float, i
     """
     args = plan.args
     folder = check_directory(finalists_folder(plan.experiment), "experiment")
-    seeds = rerun_seeds(args.seed, max(args.finalist_seeds, args.winner_seeds))
+    seeds = rerun_seeds(args.seed, most_seeds(args.finalist_seeds, args.winner_seeds))
     by_trial = {trial: (config, own, epochs) for trial, config, own, epochs in finalists}
     tried: set[tuple[str, int]] = set()
 
@@ -245,7 +250,8 @@ class FinalistSearch(StudySearch):
         super().__init__(trials=trials, seed=seed, **kwargs)
         self._trials, self._finalists, self._stack = trials, finalists, stack
         self._own_seed, self._confidence = seed, confidence
-        self._seeds = rerun_seeds(seed, max(finalist_seeds, winner_seeds)) if finalists else []
+        self._seeds = (rerun_seeds(seed, most_seeds(finalist_seeds, winner_seeds))
+                       if finalists else [])
         self._raced = finalist_seeds - 1  # the race's seeds; the leader's are all of them
         self._paper, self._fixed = paper, fixed  # the paper's point; the space's constants
         self._proposed: dict[str, dict[str, Any]] = {}  # trial → the settings proposed

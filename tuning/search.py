@@ -36,6 +36,7 @@ from tuning.finalists import (
     decision_line,
     finalists_folder,
     most_reruns,
+    most_seeds,
     rerun_overrides,
     rerun_runs,
     rescore,
@@ -474,7 +475,8 @@ def _finalist_scores(plan: SearchPlan, grid, table, results,
     best others, also as columns of ``table``: mean, standard deviation and seeds behind each
     trial's score."""
     metric = plan.metric
-    count = plan.args.finalists if max(plan.args.finalist_seeds, plan.args.winner_seeds) > 1 else 0
+    args = plan.args
+    count = args.finalists if most_seeds(args.finalist_seeds, args.winner_seeds) > 1 else 0
     scored = [row for _, row in table.iterrows()
               if row["status"] == "done" and pd.notna(row[metric])]  # best first
     others = [row["trial"] for row in scored if not row["paper"]][:count]
