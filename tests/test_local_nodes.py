@@ -18,6 +18,7 @@ from ray._private.utils import get_ray_address_file
 ROOT = Path(__file__).resolve().parents[1]
 NODES = [sys.executable, str(ROOT / "cluster" / "local_nodes.py")]
 SEARCH = [sys.executable, str(ROOT / "tuning" / "search.py")]
+PACED_SEARCH = [sys.executable, str(ROOT / "tests" / "paced_search.py")]  # 0.5 s an epoch
 ENVIRONMENT = {**os.environ, "RAY_AUTH_MODE": "token"}
 
 
@@ -78,9 +79,12 @@ def test_trials_run_on_both_nodes(two_nodes, tiny_mosi, tmp_path):
 def test_a_trial_on_a_killed_node_resumes_from_its_checkpoint(two_nodes, tiny_mosi, tmp_path):
     address, _, environment = two_nodes
     worker = _worker_node_id(address, environment)
-    epochs = 25
-    search = subprocess.Popen([*SEARCH, *_search_args(address, tiny_mosi, tmp_path, epochs)],
-                              env=environment, stdout=subprocess.DEVNULL,
+    epochs = 12  # paced: the kill at epoch 2 lands inside the trial
+    # result.json, which the test reads, reaches the storage with each saved state: every 1 s.
+    search = subprocess.Popen([*PACED_SEARCH, *_search_args(address, tiny_mosi, tmp_path,
+                                                            epochs)],
+                              env={**environment, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+                              stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     experiment = tmp_path / "exp"
     deadline, victim = time.monotonic() + 300, None

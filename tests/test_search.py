@@ -26,6 +26,7 @@ from ucrn.engine import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "tuning" / "search.py")]
+PACED_SEARCH = [sys.executable, str(ROOT / "tests" / "paced_search.py")]  # 0.5 s an epoch
 NODES = [sys.executable, str(ROOT / "cluster" / "local_nodes.py")]
 TINY_SEARCH = ["--num-samples", "2", "--epochs", "2", "--grace-period", "1",
                "--set", "urm_layers=1", "--set", "crm_layers=1", "--finalists", "0"]
@@ -492,7 +493,7 @@ def test_a_killed_search_resumes_and_keeps_every_completed_trial(ray_session, ti
             "--address", ray_session.address]
     # Tune saves the experiment's state every 10 s or more; a tiny search would end before a
     # saved state recorded its first trial, so this one saves it every second.
-    driver = subprocess.Popen([*SEARCH, *args], stdout=subprocess.DEVNULL,
+    driver = subprocess.Popen([*PACED_SEARCH, *args], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True,
                               env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
     experiment = tmp_path / "exp"
@@ -570,8 +571,10 @@ def _wait_for(condition, driver: subprocess.Popen, what: str, seconds: float = 3
         time.sleep(0.1)
 
 
-def _first_epoch_reported(experiment: Path) -> bool:
-    return any(r.read_text().strip() for r in experiment.glob("*/result.json"))
+def _checkpointed_trials(experiment: Path) -> int:
+    """Trials that have reported an epoch. A trial writes its checkpoint to the storage as it
+    reports; the driver's records (result.json) follow with Tune's next saved state."""
+    return len({checkpoint.parent for checkpoint in experiment.glob("*/checkpoint_*")})
 
 
 def _ray_started(driver: subprocess.Popen) -> bool:
@@ -579,7 +582,8 @@ def _ray_started(driver: subprocess.Popen) -> bool:
     return bool(psutil.Process(driver.pid).children(recursive=True))
 
 
-INTERRUPTED_EPOCHS = 6
+# Paced, a trial's epochs take 5 s: the signal sent after its first lands inside it.
+INTERRUPTED_EPOCHS = 10
 INTERRUPTED_SEARCH = ["--num-samples", "2", "--epochs", str(INTERRUPTED_EPOCHS),
                       "--grace-period", str(INTERRUPTED_EPOCHS), "--max-concurrent", "1",
                       "--set", "urm_layers=1", "--set", "crm_layers=1", "--winner-seeds", "3"]
@@ -589,15 +593,15 @@ INTERRUPTED_SEARCH = ["--num-samples", "2", "--epochs", str(INTERRUPTED_EPOCHS),
 @pytest.mark.parametrize("moment", ["while Ray starts", "in the first trial"])
 def test_ctrl_c_at_any_moment_exits_130_scores_nothing_and_resumes(tiny_mosi, tmp_path,
                                                                     moment):
-    command = [*SEARCH, "--data", str(tiny_mosi), *INTERRUPTED_SEARCH, "--storage",
-               str(tmp_path), "--name", "exp"]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
+    args = ["--data", str(tiny_mosi), *INTERRUPTED_SEARCH, "--storage", str(tmp_path),
+            "--name", "exp"]
+    driver = subprocess.Popen([*PACED_SEARCH, *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
     experiment = tmp_path / "exp"
     if moment == "while Ray starts":
         _wait_for(lambda: _ray_started(driver), driver, "Ray's start", seconds=60)
     else:
-        _wait_for(lambda: _first_epoch_reported(experiment), driver, "first epoch")
+        _wait_for(lambda: _checkpointed_trials(experiment) >= 1, driver, "first epoch")
     driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
     _, err = driver.communicate(timeout=180)
     assert driver.returncode == 130, err[-2000:]
@@ -608,7 +612,7 @@ def test_ctrl_c_at_any_moment_exits_130_scores_nothing_and_resumes(tiny_mosi, tm
     trials = pd.read_csv(experiment / "trials.csv")
     assert trials.loc[0, "status"] == "interrupted"
     assert trials.loc[0, "epochs"] < INTERRUPTED_EPOCHS
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+    resumed = subprocess.run([*SEARCH, *args, "--resume"], capture_output=True, text=True,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     trials = pd.read_csv(experiment / "trials.csv")
@@ -619,24 +623,21 @@ def test_ctrl_c_at_any_moment_exits_130_scores_nothing_and_resumes(tiny_mosi, tm
         "chosen"]["seeds"] == 3
 
 
-def _rerun_reported(experiment: Path) -> bool:
-    return any('"rerun"' in r.read_text() for r in experiment.glob("*/result.json"))
-
-
 @pytest.mark.slow
 def test_ctrl_c_in_a_finalists_rerun_resumes_with_the_reruns_left(tiny_mosi, tmp_path):
-    command = [*SEARCH, "--data", str(tiny_mosi), *INTERRUPTED_SEARCH, "--storage",
-               str(tmp_path), "--name", "exp"]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
+    args = ["--data", str(tiny_mosi), *INTERRUPTED_SEARCH, "--storage", str(tmp_path),
+            "--name", "exp"]
+    driver = subprocess.Popen([*PACED_SEARCH, *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
     experiment = tmp_path / "exp"
-    _wait_for(lambda: _rerun_reported(experiment), driver, "a rerun's first epoch")
+    # Two trials; the third to report an epoch is a finalist's rerun.
+    _wait_for(lambda: _checkpointed_trials(experiment) >= 3, driver, "a rerun's first epoch")
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=180)
     assert driver.returncode == 130, err[-2000:]
     assert not (experiment / "best.json").exists()
     assert len(list((experiment / "finalists").glob("*.json"))) < 4
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+    resumed = subprocess.run([*SEARCH, *args, "--resume"], capture_output=True, text=True,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     trials = pd.read_csv(experiment / "trials.csv")
