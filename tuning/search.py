@@ -27,6 +27,7 @@ import ray
 from ray import tune
 from rich.console import Console
 
+from tuning.checkpoints import CheckpointsTheSnapshotNames
 from tuning.cluster_options import add_cluster_arguments, check_cluster_arguments
 from tuning.figures import pareto_plot
 from tuning.finalists import (
@@ -387,9 +388,10 @@ def _tuner(plan: SearchPlan, resources, searched: list[str], waits: list):
         run_config=tune.RunConfig(
             name=plan.name, storage_path=storage, verbose=0, stop=ProgressWatch(args.stall_minutes),
             callbacks=[LiveTrialTable(plan.metric, searched, args.epochs), TrialUserErrors(),
-                       InterruptionRecord(), BestOfRun(finalists, plan.metric), *waits],
+                       InterruptionRecord(), BestOfRun(finalists, plan.metric),
+                       CheckpointsTheSnapshotNames(plan.experiment), *waits],
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # see tuning.checkpoints
         ),
     )
 
