@@ -4,10 +4,18 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ucrn.config import ModelConfig
 from ucrn.errors import UcrnError
-from ucrn.model import UCRN, ByteDropout, count_parameters, key_padding_mask
+from ucrn.model import (
+    CPU_ATTENTION_WIDTH,
+    UCRN,
+    ByteDropout,
+    count_parameters,
+    key_padding_mask,
+    scaled_attention,
+)
 
 DIMS = {"l": 300, "a": 5, "v": 20}
 
@@ -174,3 +182,21 @@ def test_a_model_scored_before_it_trains_can_train():
         model(features, lengths)
     model(features, lengths).prediction.sum().backward()
     assert model.crm.modality_embedding.grad is not None
+
+
+@pytest.mark.parametrize("head_width", [8, 10, 12, 16, 24])
+def test_attention_on_heads_narrower_than_the_cpu_kernels_width_is_unchanged(head_width):
+    """A head narrower than 16 is zero-padded for the CPU's kernel: the same output and the
+    same gradients as attention at its own width, padded keys masked as before."""
+    generator = torch.Generator().manual_seed(head_width)
+    inputs = [torch.randn(4, 3, 7, head_width, generator=generator, requires_grad=True)
+              for _ in range(3)]
+    mask = key_padding_mask(torch.tensor([7, 5, 3, 1]), 7)
+    padded = scaled_attention(*inputs, mask, 0.0, padded_width=CPU_ATTENTION_WIDTH)
+    padded_grads = torch.autograd.grad(padded.square().sum(), inputs)
+    plain = F.scaled_dot_product_attention(*inputs, attn_mask=mask)
+    plain_grads = torch.autograd.grad(plain.square().sum(), inputs)
+    assert padded.shape == plain.shape
+    torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-6)
+    for got, want in zip(padded_grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
