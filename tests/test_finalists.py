@@ -132,15 +132,17 @@ def test_the_reruns_are_trials_of_the_search_once_its_trials_are_proposed(tmp_pa
     assert other["rerun"]["trial"] == "t1" and other["rerun"]["seeds"] == [1]
     assert other["rerun"]["epochs"] == 2 and other["lambda_m"] == proposed[1]["lambda_m"]
     _end(searcher, "r0", 0.92, 4)  # reruns tell the study nothing
-    assert searcher.suggest("r1") is None  # the round goes on until each of its runs ends
+    # The round goes on until each of its runs ends; the slot it leaves idle trains the
+    # leader's next seed, the challenger's (far ahead).
+    ahead = searcher.suggest("a0")
+    assert (ahead["rerun"]["trial"], ahead["rerun"]["seeds"]) == ("t1", [2])
     _end(searcher, "o0", 0.72, 2)
     # The challenger leads by far more than the seeds' spread: both go on to a third seed.
-    second = [searcher.suggest(f"s{i}") for i in range(3)]
-    assert [(s["rerun"]["trial"], s["rerun"]["seeds"]) for s in second[:2]] == [
-        ("t0", [2]), ("t1", [2])]
-    assert second[2] is None
+    second = [searcher.suggest(f"s{i}") for i in range(2)]
+    assert (second[0]["rerun"]["trial"], second[0]["rerun"]["seeds"]) == ("t0", [2])
+    assert second[1] is None  # both slots busy
     _end(searcher, "s0", 0.91, 4)
-    _end(searcher, "s1", 0.71, 2)
+    _end(searcher, "a0", 0.71, 2)
     assert searcher.suggest("s3") == Searcher.FINISHED  # every seed ran
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert len(study.trials) == 3
@@ -200,6 +202,38 @@ def test_once_the_race_ends_its_leader_is_trained_from_the_winners_seeds():
                        raced=1) == [("p", 2)]
 
 
+def test_a_seed_trained_ahead_of_its_round_does_not_change_the_race():
+    # the paper's third seed (trained in an idle slot) is not the race's yet: on the first
+    # two, the challenger is ruled out
+    ahead = {"p": {0: 0.85, 1: 0.87, 2: 1.30}, "c": {0: 0.95, 1: 0.96}}
+    assert next_reruns(ahead, "p", ["c"], [1, 2], "min", 0.9, racing=True) == []
+
+
+def test_a_slot_the_race_leaves_idle_trains_the_leaders_next_seed(tmp_path):
+    from ray.tune.search import Searcher
+
+    searcher = _searcher(tmp_path, winner_seeds=4)  # seeds 1 and 2 race; 3 the leader's
+    _trials_end(searcher, 0.85, 0.84, 1.10)
+    first = [searcher.suggest(f"r{i}") for i in range(2)]
+    assert [(r["rerun"]["trial"], r["rerun"]["seeds"]) for r in first] == [
+        ("t0", [1]), ("t1", [1])]
+    _end(searcher, "r0", 0.89, 4)  # the challenger's rerun goes on
+    ahead = searcher.suggest("a0")  # the paper's configuration leads: its next seed
+    assert (ahead["rerun"]["trial"], ahead["rerun"]["seeds"]) == ("t0", [2])
+    assert searcher.suggest("a1") is None  # both slots busy
+    _end(searcher, "a0", 0.86, 4)
+    ahead = searcher.suggest("a1")  # still the leader: its seed beyond the race's
+    assert (ahead["rerun"]["trial"], ahead["rerun"]["seeds"]) == ("t0", [3])
+    _end(searcher, "r1", 0.86, 4)  # within the noise: the challenger's third seed
+    third = searcher.suggest("s0")
+    assert (third["rerun"]["trial"], third["rerun"]["seeds"]) == ("t1", [2])
+    assert searcher.suggest("s1") is None
+    _end(searcher, "a1", 0.87, 4)
+    assert searcher.suggest("s1") is None  # nothing ahead of need: every seed handed out
+    _end(searcher, "s0", 0.95, 4)  # the race is over: the paper's configuration stays
+    assert searcher.suggest("s1") == Searcher.FINISHED  # no more reruns than without it
+
+
 def test_the_search_trains_its_leader_from_the_winners_seeds_before_it_finishes(tmp_path):
     from ray.tune.search import Searcher
 
@@ -253,11 +287,14 @@ def test_a_resumed_race_goes_on_from_its_round(tmp_path):
     (tmp_path / "new").mkdir()
     restored = _searcher(tmp_path / "new")
     restored.restore(str(tmp_path / "searcher.pkl"))
-    assert restored.suggest("r2") is None  # the round waits for the challenger's rerun
+    # The round waits for the challenger's rerun, which the restored state knows is
+    # running: the one idle slot trains the leader's third seed, the paper's.
+    ahead = restored.suggest("s0")
+    assert (ahead["rerun"]["trial"], ahead["rerun"]["seeds"]) == ("t0", [2])
+    assert restored.suggest("s1") is None
     _end(restored, "r1", 0.85, 4)  # as good as the paper's: a third seed each
-    third = [restored.suggest(f"s{i}") for i in range(2)]
-    assert sorted(r["rerun"]["trial"] for r in third) == ["t0", "t1"]
-    assert {r["rerun"]["seeds"][0] for r in third} == {2}
+    third = restored.suggest("s1")
+    assert (third["rerun"]["trial"], third["rerun"]["seeds"]) == ("t1", [2])
     _end(restored, "s0", 0.86, 4)
     _end(restored, "s1", 0.85, 4)
     assert restored.suggest("s2") == Searcher.FINISHED

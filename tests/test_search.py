@@ -350,10 +350,11 @@ def test_a_search_writes_its_tables_and_a_usable_best_config(ray_session, tiny_m
     trials = pd.read_csv(experiment / "trials.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"done"}
     # the paper's trial and the best other one trained again from another seed, two each,
-    # and then the race's leader from a third
+    # and then the race's leader from a third (a slot the race left idle may have given the
+    # paper's configuration its third ahead of need, whichever leads at the end)
     reran = trials
-    assert sorted(reran["seeds"]) == [2, 3] and len(list((experiment / "finalists").glob(
-        "*.json"))) == 3
+    assert 3 in set(reran["seeds"]) and set(reran["seeds"]) <= {2, 3}
+    assert len(list((experiment / "finalists").glob("*.json"))) == reran["seeds"].sum() - 2
     # as trials of the search's own experiment, which had no experiment of their own to start
     assert not (experiment / "finalists" / "ray").exists()
     assert (reran["valid_MAE std"] > 0).all()

@@ -18,7 +18,8 @@ once, on the chosen trial's own checkpoint. Each rerun is written to
 The reruns are trials of the search's own Tune experiment (``FinalistSearch`` hands them out
 once Optuna's trials are all proposed): the paper's as soon as its trial has ended, the
 others' when every trial has, so they fill the slots the search's last trials leave idle
-and train in the processes the search already has. Any rerun still missing afterwards (an
+and train in the processes the search already has; a slot the race would leave idle trains
+the leader's next seed ahead of need. Any rerun still missing afterwards (an
 experiment of another version, say) trains in an experiment of its own (``rescore``).
 """
 
@@ -75,13 +76,21 @@ def next_reruns(scores: dict[str, dict[int, float | None]], paper: str | None,
     wanted = _race(in_race, paper, challengers, race, mode, confidence, racing)
     if wanted or not extra:
         return wanted
+    if (chosen := leader(scores, paper, challengers, mode, confidence)) is None:
+        return []
+    return [(chosen, seed) for seed in seeds if seed not in scores.get(chosen, {})]
+
+
+def leader(scores: dict[str, dict[int, float | None]], paper: str | None,
+           challengers: list[str], mode: str, confidence: float) -> str | None:
+    """The finalist ``choose`` takes on every score so far (``next_reruns``' ``scores``);
+    None while none has one."""
     finalists = ([paper] if paper is not None else []) + list(challengers)
     known = {trial: values for trial in finalists if (values := [
         value for value in scores.get(trial, {}).values() if value is not None])}
     if not known:
-        return []
-    leader, _ = choose(known, paper if paper in known else None, mode, confidence)
-    return [(leader, seed) for seed in seeds if seed not in scores.get(leader, {})]
+        return None
+    return choose(known, paper if paper in known else None, mode, confidence)[0]
 
 
 def _race(scores: dict[str, dict[int, float | None]], paper: str | None,
@@ -239,9 +248,10 @@ class FinalistSearch(StudySearch):
     them (the best score at the best epoch; trials that failed or scored nothing left out);
     each trains as many epochs as its trial ran. One seed at a time, the finalists race
     (``next_reruns``): a challenger that the seeds so far rule out gets no more, and nor does
-    the paper's configuration once none is left. Stacked reruns (a GPU) take all their seeds
-    at once. Reruns tell the study nothing. All of it is part of the searcher's saved state,
-    so ``--resume`` goes on where the search was.
+    the paper's configuration once none is left; a slot that waits for a round to end trains
+    the leader's next seed meanwhile (``_ahead_of_need``). Stacked reruns (a GPU) take all
+    their seeds at once. Reruns tell the study nothing. All of it is part of the searcher's
+    saved state, so ``--resume`` goes on where the search was.
     """
 
     def __init__(self, *, finalists: int, finalist_seeds: int, confidence: float, stack: bool,
@@ -262,6 +272,7 @@ class FinalistSearch(StudySearch):
         self._handed: set[tuple[str, int]] = set()  # (finalist, seed) reruns handed out
         self._rerun_scores: dict[str, dict[int, float | None]] = {}  # finalist → seed → score
         self._rerun_best: dict[str, tuple[float, int]] = {}  # rerun trial → best so far
+        self._live: set[str] = set()  # trials and reruns handed out that have not ended
         self.reruns: dict[str, dict[str, Any]] = {}  # rerun trial → its rerun
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -269,14 +280,18 @@ class FinalistSearch(StudySearch):
             config = super().suggest(trial_id)
             if isinstance(config, dict):
                 self._proposed[trial_id] = config
+                self._live.add(trial_id)
             return config
         wanted = [pair for pair in self._wanted() if pair not in self._handed]
+        if not wanted and not self._queue:
+            wanted = self._ahead_of_need()
         self._handed |= set(wanted)
         pending = [{"trial": trial, "seed": seed, "epochs": self._ended[trial][1],
                     "params": {**self._fixed, **self._proposed[trial]}} for trial, seed in wanted]
         self._queue += stacked_reruns(pending, len(self._seeds) if self._stack else 1)
         if self._queue:
             rerun = self.reruns[trial_id] = self._queue.pop(0)
+            self._live.add(trial_id)
             return {**rerun["params"], RERUN_KEY: rerun}
         return Searcher.FINISHED if self._all_handed_out() else None
 
@@ -299,11 +314,27 @@ class FinalistSearch(StudySearch):
             race = self._seeds[:self._raced]
             return [] if paper is None else [(paper, seed) for seed in
                                              (race[:1] if racing else race)]
-        scores = {trial: {self._own_seed: self._ended[trial][0],
-                          **self._rerun_scores.get(trial, {})}
-                  for trial in ([paper] if paper else []) + self._challengers}
-        return next_reruns(scores, paper, self._challengers, self._seeds,
+        return next_reruns(self._scores(paper), paper, self._challengers, self._seeds,
                            metric_mode(self._metrics[0]), self._confidence, racing, self._raced)
+
+    def _scores(self, paper: str | None) -> dict[str, dict[int, float | None]]:
+        """The finalists' scores by seed so far, their own trials' included."""
+        return {trial: {self._own_seed: self._ended[trial][0],
+                        **self._rerun_scores.get(trial, {})}
+                for trial in ([paper] if paper else []) + (self._challengers or [])}
+
+    def _ahead_of_need(self) -> list[tuple[str, int]]:
+        """A slot the race would leave idle while other runs go on trains the leader's next
+        seed (the paper's configuration's until the others are known): its seeds are what
+        the race asks of it while it goes on, and what best.json's score rests on if it
+        stays ahead (``--winner-seeds``). Not when reruns train as stacks."""
+        paper = self._paper_trial()
+        if self._stack or paper is None or not self._live or len(self._live) >= self._slots:
+            return []
+        chosen = leader(self._scores(paper), paper, self._challengers or [],
+                        metric_mode(self._metrics[0]), self._confidence)
+        ahead = [(chosen, seed) for seed in self._seeds if (chosen, seed) not in self._handed]
+        return ahead[:1]
 
     def _all_handed_out(self) -> bool:
         """Whether no more reruns can be asked for: every trial has ended, and the reruns
@@ -324,6 +355,7 @@ class FinalistSearch(StudySearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
+        self._live.discard(trial_id)
         if trial_id in self.reruns:
             rerun = self.reruns[trial_id]
             if not error and result and trial_id not in self._rerun_best:

@@ -109,7 +109,7 @@ class StudySearch(OptunaSearch):
         modes = [metric_mode(metric) for metric in metrics]
         several = len(metrics) > 1
         self._metrics = list(metrics)  # before the study is set up: it names the objectives
-        self._epochs = epochs
+        self._epochs, self._slots = epochs, concurrent
         self._best: dict[str, dict[str, float]] = {}  # trial → values at its best epoch
         self._curves: dict[str, dict[str, list]] = {}  # trial → metric → [[epoch, value]…]
         self._last_step: dict[str, int] = {}
