@@ -272,7 +272,6 @@ class FinalistSearch(StudySearch):
         self._handed: set[tuple[str, int]] = set()  # (finalist, seed) reruns handed out
         self._rerun_scores: dict[str, dict[int, float | None]] = {}  # finalist → seed → score
         self._rerun_best: dict[str, tuple[float, int]] = {}  # rerun trial → best so far
-        self._live: set[str] = set()  # trials and reruns handed out that have not ended
         self.reruns: dict[str, dict[str, Any]] = {}  # rerun trial → its rerun
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -280,7 +279,6 @@ class FinalistSearch(StudySearch):
             config = super().suggest(trial_id)
             if isinstance(config, dict):
                 self._proposed[trial_id] = config
-                self._live.add(trial_id)
             return config
         wanted = [pair for pair in self._wanted() if pair not in self._handed]
         if not wanted and not self._queue:
@@ -291,7 +289,6 @@ class FinalistSearch(StudySearch):
         self._queue += stacked_reruns(pending, len(self._seeds) if self._stack else 1)
         if self._queue:
             rerun = self.reruns[trial_id] = self._queue.pop(0)
-            self._live.add(trial_id)
             return {**rerun["params"], RERUN_KEY: rerun}
         return Searcher.FINISHED if self._all_handed_out() else None
 
@@ -328,13 +325,20 @@ class FinalistSearch(StudySearch):
         seed (the paper's configuration's until the others are known): its seeds are what
         the race asks of it while it goes on, and what best.json's score rests on if it
         stays ahead (``--winner-seeds``). Not when reruns train as stacks."""
-        paper = self._paper_trial()
-        if self._stack or paper is None or not self._live or len(self._live) >= self._slots:
+        paper, running = self._paper_trial(), self._running()
+        if self._stack or paper is None or not running or running >= self._slots:
             return []
         chosen = leader(self._scores(paper), paper, self._challengers or [],
                         metric_mode(self._metrics[0]), self._confidence)
         ahead = [(chosen, seed) for seed in self._seeds if (chosen, seed) not in self._handed]
         return ahead[:1]
+
+    def _running(self) -> int:
+        """The trials and reruns handed out that have not ended."""
+        trials = sum(trial not in self._ended for trial in self._proposed)
+        reruns = sum(any(seed not in self._rerun_scores.get(rerun["trial"], {})
+                         for seed in rerun["seeds"]) for rerun in self.reruns.values())
+        return trials + reruns
 
     def _all_handed_out(self) -> bool:
         """Whether no more reruns can be asked for: every trial has ended, and the reruns
@@ -355,7 +359,6 @@ class FinalistSearch(StudySearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        self._live.discard(trial_id)
         if trial_id in self.reruns:
             rerun = self.reruns[trial_id]
             if not error and result and trial_id not in self._rerun_best:
