@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -154,21 +155,20 @@ def test_the_stacked_models_benchmark_reports_ops_speed_memory_and_exactness():
     assert report["max_relative_deviation"] <= 1e-4
 
 
-def _search_value():
-    """benchmarks/search_value.py as a module."""
+def _benchmark(name: str):
+    """benchmarks/NAME.py as a module."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("search_value",
-                                                  ROOT / "benchmarks" / "search_value.py")
-    search_value = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(search_value)
-    return search_value
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_search_value_reuses_the_defaults_runs_only_for_a_pick_that_trains_alike(tmp_path):
     from ucrn.config import Config, apply_overrides
 
-    search_value = _search_value()
+    search_value = _benchmark("search_value")
     defaults = tmp_path / "defaults"
     (defaults / "runs").mkdir(parents=True)
     ran = apply_overrides(Config(), {"seed": 3}).to_dict()  # as the evaluator records a run
@@ -186,7 +186,71 @@ def test_search_value_reuses_the_defaults_runs_only_for_a_pick_that_trains_alike
 
 
 def test_search_value_reads_the_search_where_its_own_storage_and_name_put_it(tmp_path):
-    where = _search_value().experiment_folder
+    where = _benchmark("search_value").experiment_folder
     assert where(tmp_path, ["--num-samples", "4"]) == tmp_path / "s"
     assert where(tmp_path, ["--seed", "1", "--storage", "/x/y", "--name", "n"]) == Path("/x/y/n")
     assert where(tmp_path, ["--name=n", "--study-storage", "sqlite:///a.db"]) == tmp_path / "n"
+
+
+def test_replayed_halving_stops_all_but_the_best_half_at_each_rung_and_never_the_paper():
+    halving = _benchmark("seeds_per_trial").halving
+    scores = {0: 9.0, 1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 5.0, 6: 6.0, 7: 7.0}  # 0: the paper
+    ran = halving(list(scores), 0, 8, lambda trial, epochs: scores[trial])
+    # rung 2: the best 4 of 8 and the paper go on; rung 4: the best 3 of those 5 and the paper
+    assert ran == {0: 8, 1: 8, 2: 8, 3: 8, 4: 4, 5: 2, 6: 2, 7: 2}
+
+
+def _made_table(configurations: int, seeds: int, epochs: int) -> dict:
+    """A table whose every configuration beats the paper's (0) by 0.5 on each seed, by
+    more the higher its number, with a little spread over seeds; one second an epoch."""
+    def curve(index: int, seed: int) -> list[float]:
+        level = 1.0 if index == 0 else 0.5 - 0.01 * index
+        return [level + 0.02 * math.sin(2.3 * seed + index) + 0.1 / (epoch + 1)
+                for epoch in range(epochs)]
+
+    return {"epochs": epochs, "metric": "valid_MAE", "points": [{}] * (configurations + 1),
+            "runs": [{str(seed): {"valid": curve(index, seed), "seconds": [1.0] * epochs}
+                      for seed in range(seeds)} for index in range(configurations + 1)]}
+
+
+def test_replayed_searches_take_a_clearly_better_configuration_and_pay_for_their_seeds():
+    module = _benchmark("seeds_per_trial")
+    report = module.replay(_made_table(12, 8, 8), repeats=30, seed=0)
+    rows = report["strategies"]
+    assert set(rows) == set(module.STRATEGIES)
+    # halving of 8 trials with the paper worst: 3 stop at 2 epochs, 1 at 4, 4 run all 8
+    assert rows["one seed, 8 trials"]["seconds"] == 42
+    assert rows["2 seeds a trial, 8 trials"]["seconds"] == 84
+    assert rows["3 seeds a trial, 8 trials"]["seconds"] == 126
+    finalists = rows["finalists, 8 trials (main job)"]["seconds"]
+    assert 42 + 2 * 8 <= finalists <= 42 + 6 * 8  # the race's reruns, 8 epochs each
+    for row in rows.values():
+        assert row["took_other"] == 1.0 and row["worse_when_other"] == 0.0
+        assert 0.4 < row["gain"] <= row["best_tried_gain"] + 1e-12
+    assert (rows["2 seeds a trial, 8 trials"]["curse_in_seed_std"]
+            <= rows["one seed, 8 trials"]["curse_in_seed_std"] + 1e-9)
+
+
+@pytest.mark.slow
+def test_the_seeds_per_trial_table_is_kept_as_it_grows(tiny_mosi, tmp_path):
+    table = tmp_path / "table.json"
+
+    def grow(seeds: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "seeds_per_trial.py"), "--data",
+             str(tiny_mosi), "--table", str(table), "--pool", "1", "--seeds", str(seeds),
+             "--epochs", "2", "--jobs", "1"],
+            capture_output=True, text=True, timeout=600,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    first = grow(1)
+    assert first.returncode != 0 and "a replay needs 8" in first.stderr  # too few to replay
+    kept = json.loads(table.read_text())
+    assert len(kept["points"]) == 2 and kept["points"][0] and kept["points"][1]
+    assert [sorted(runs) for runs in kept["runs"]] == [["0"], ["0"]]
+    assert all(len(run["valid"]) == len(run["seconds"]) == 2
+               for runs in kept["runs"] for run in runs.values())
+    second = grow(2)  # the new seed's two runs alone
+    assert "run 2/2" in second.stdout and "run 3/" not in second.stdout
+    assert [sorted(runs) for runs in json.loads(table.read_text())["runs"]] == [["0", "1"]] * 2
+    assert json.loads(table.read_text())["runs"][0]["0"] == kept["runs"][0]["0"]
