@@ -116,10 +116,9 @@ def train_table(args) -> dict:
                        for index, seed in todo}
             for future in as_completed(futures):
                 index, seed = futures[future]
-                table["runs"][index][str(seed)] = future.result()
+                run = table["runs"][index][str(seed)] = future.result()
                 atomic_write(path, lambda out: Path(out).write_text(json.dumps(table)))
                 done += 1
-                run = table["runs"][index][str(seed)]
                 print(f"table: run {done}/{len(todo)} (configuration {index}, seed {seed}): "
                       f"best {table['metric']} {min(run['valid']):.4f} in "
                       f"{sum(run['seconds']):.1f} s; {time.perf_counter() - started:.0f} s so far",
@@ -230,10 +229,11 @@ def replay(table: dict, repeats: int, seed: int) -> dict:
     for _ in range(repeats):
         order, drawn = rng.sample(pool, len(pool)), rng.sample(seeds, len(seeds))
         held_out = range(len(drawn) // 2, len(drawn))
+        paper = Runs(table, drawn).truth(0, epochs, held_out)
         for name, (count, k, finalists) in STRATEGIES.items():
             runs, trials = Runs(table, drawn), [0, *order[:count - 1]]
             pick, reported, ran = search_with_seeds(runs, trials, 0, epochs, k, finalists)
-            paper, truth = runs.truth(0, epochs, held_out), runs.truth(pick, ran, held_out)
+            truth = runs.truth(pick, ran, held_out)
             record = found[name]
             record["cost"].append(runs.cost)
             record["gain"].append(paper - truth)
